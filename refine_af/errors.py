@@ -1,0 +1,8 @@
+"""The one exception type the CLI turns into a single line and a non-zero exit."""
+
+
+class UserError(Exception):
+    """Bad input the user can fix: the message says what is wrong and how to fix it.
+
+    The CLI prints ``error: <message>`` and exits with status 2, without a traceback.
+    """

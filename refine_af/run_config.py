@@ -1,0 +1,44 @@
+"""The whole run's config: the ``run:`` block plus one block per stage, and how it is loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from refine_af.config import (
+    RunConfig,
+    apply_overrides,
+    build_dataclass,
+    help_field,
+    read_config_file,
+)
+from refine_af.stages.instances import InstanceGenerationConfig
+from refine_af.stages.instructions import InstructionGenerationConfig
+from refine_af.stages.rl import RLConfig
+from refine_af.stages.sft import SFTConfig
+
+
+@dataclass
+class RunSettings:
+    """Everything one run directory is made from."""
+
+    run: RunConfig = help_field(None, "Shared settings: output directory, seed, model.")
+    generate_instructions: InstructionGenerationConfig = help_field(None, "Stage 1.")
+    rl: RLConfig = help_field(None, "Stage 2: RL from automated feedback.")
+    generate_instances: InstanceGenerationConfig = help_field(None, "Stage 3a: instances.")
+    sft: SFTConfig = help_field(None, "Stage 3b: LoRA fine-tuning.")
+
+    def __post_init__(self) -> None:
+        # Missing sections take their defaults.
+        self.run = self.run or RunConfig()
+        self.generate_instructions = self.generate_instructions or InstructionGenerationConfig()
+        self.rl = self.rl or RLConfig()
+        self.generate_instances = self.generate_instances or InstanceGenerationConfig()
+        self.sft = self.sft or SFTConfig()
+
+
+def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> RunSettings:
+    """Read a config file (or packaged name), apply ``section.key=value`` overrides, validate."""
+    raw: dict[str, Any] = read_config_file(name_or_path)
+    apply_overrides(raw, list(overrides))
+    return build_dataclass(RunSettings, raw)

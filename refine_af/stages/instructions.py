@@ -1,0 +1,357 @@
+"""Stage 1: Self-Instruct bootstrapping of instructions with the base model itself.
+
+Each batch builds prompts of 8 in-context instructions (6 seeds, 2 machine-written once there
+are some), samples numbered-list continuations, parses them, and filters every new instruction
+(heuristics, then ROUGE-L similarity against the whole pool). Kept instructions get a few-shot
+classification check, which decides how stage 3 writes their instances.
+
+Resumability: ``batches.jsonl`` is an append-only log with one line per finished batch (all its
+candidates, kept and dropped). A kill loses at most the batch in flight; on restart the log is
+replayed to rebuild the pool and counts, and every batch draws its randomness from
+``(seed, batch number)``, so a resumed run makes the same choices an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from refine_af.config import ConfigError, fingerprint, help_field, to_dict
+from refine_af.errors import UserError
+from refine_af.filters import INSTRUCTION_DROP_REASONS, instruction_drop_reason
+from refine_af.generation import GenerationBackend, SamplingParams
+from refine_af.prompts import (
+    classification_prompt,
+    instruction_prompt,
+    parse_numbered_instructions,
+    parse_yes_no,
+)
+from refine_af.run_dir import RunDirectory, write_json_atomic
+from refine_af.seeds import SeedTask, load_seed_tasks, seed_tasks_path
+from refine_af.similarity import SimilarityIndex
+
+STAGE = "instructions"
+
+
+@dataclass
+class InstructionGenerationConfig:
+    """Stage 1 settings (SPEC section 2 gives Self-Instruct's values)."""
+
+    seed_tasks: str | None = help_field(
+        None, "Seed task JSONL; default: $REFINEAF_SEED_TASKS, else download the pinned file."
+    )
+    num_instructions: int = help_field(100, "Stop once this many instructions are kept.")
+    prompts_per_batch: int = help_field(32, "Prompts generated together in one batch.")
+    generation_batch_size: int = help_field(64, "Sequences per forward pass (transformers).")
+    num_seed_examples: int = help_field(6, "Seed instructions in each prompt.")
+    num_machine_examples: int = help_field(2, "Machine instructions in each prompt (when any).")
+    temperature: float = help_field(0.7, "Sampling temperature for new instructions.")
+    top_p: float = help_field(0.5, "Nucleus sampling for new instructions.")
+    presence_penalty: float = help_field(
+        2.0, "OpenAI-style presence penalty while sampling instructions (Self-Instruct: 2)."
+    )
+    max_new_tokens: int = help_field(256, "Token limit of one completion.")
+    similarity_threshold: float = help_field(
+        0.7, "Drop an instruction whose ROUGE-L F with any pool instruction is above this."
+    )
+    use_chat_template: bool = help_field(
+        True, "Wrap prompts in the model's chat template (if it has one)."
+    )
+    classification_check: bool = help_field(
+        True, "Ask the model whether each kept instruction is a classification task."
+    )
+    max_batches: int = help_field(
+        500, "Give up after this many batches (a model that never produces keepable text)."
+    )
+
+    def __post_init__(self) -> None:
+        if self.num_instructions < 0:
+            raise ConfigError(
+                f"generate_instructions.num_instructions must be >= 0, got {self.num_instructions}"
+            )
+        for name in ("prompts_per_batch", "generation_batch_size", "max_new_tokens", "max_batches"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"generate_instructions.{name} must be >= 1")
+        if self.num_seed_examples < 1 or self.num_machine_examples < 0:
+            raise ConfigError(
+                "generate_instructions needs num_seed_examples >= 1 and num_machine_examples >= 0"
+            )
+        if not 0.0 < self.similarity_threshold <= 1.0:
+            raise ConfigError("generate_instructions.similarity_threshold must be in (0, 1]")
+        if self.temperature < 0 or not 0.0 < self.top_p <= 1.0:
+            raise ConfigError("generate_instructions needs temperature >= 0 and top_p in (0, 1]")
+
+
+# ---------------------------------------------------------------------------------------------
+# The batch log.
+
+
+def read_batch_log(path: Path) -> list[dict[str, Any]]:
+    """Finished batches, in order. A torn last line (kill during the write) is cut off."""
+    if not path.is_file():
+        return []
+    batches: list[dict[str, Any]] = []
+    good_bytes = 0
+    with path.open("rb") as handle:
+        for raw in handle:
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError:
+                break
+            if not raw.endswith(b"\n"):
+                break
+            batches.append(record)
+            good_bytes += len(raw)
+    if good_bytes != path.stat().st_size:
+        with path.open("rb+") as handle:
+            handle.truncate(good_bytes)
+    return batches
+
+
+def append_line(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line in a single write and flush it to disk."""
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+# ---------------------------------------------------------------------------------------------
+# One batch.
+
+
+def sample_examples(
+    rng: random.Random,
+    seeds: list[SeedTask],
+    machine: list[dict[str, Any]],
+    config: InstructionGenerationConfig,
+) -> list[tuple[str, str]]:
+    """(id, instruction) pairs for one prompt: machine-written ones when the pool has them."""
+    n_machine = min(config.num_machine_examples, len(machine))
+    chosen = [(m["id"], m["instruction"]) for m in rng.sample(machine, n_machine)]
+    n_seed = config.num_seed_examples + config.num_machine_examples - n_machine
+    chosen += [(s.id, s.instruction) for s in rng.sample(seeds, min(n_seed, len(seeds)))]
+    rng.shuffle(chosen)
+    return chosen
+
+
+def classification_examples(seeds: list[SeedTask], count: int = 8) -> list[tuple[str, bool]]:
+    """A fixed, balanced set of labelled seed tasks for the few-shot classification prompt."""
+    yes = [s for s in seeds if s.is_classification][: count // 2]
+    no = [s for s in seeds if not s.is_classification][: count - len(yes)]
+    mixed = [x for pair in zip(no, yes, strict=False) for x in pair]
+    mixed += no[len(yes) :] + yes[len(no) :]
+    return [(s.instruction, s.is_classification) for s in mixed]
+
+
+def run_batch(
+    batch_number: int,
+    seed: int,
+    backend: GenerationBackend,
+    tokenizer: Any,
+    seeds: list[SeedTask],
+    machine: list[dict[str, Any]],
+    pool: SimilarityIndex,
+    config: InstructionGenerationConfig,
+) -> dict[str, Any]:
+    """Generate, parse and filter one batch; kept instructions are added to ``pool``."""
+    import transformers
+
+    rng = random.Random(f"{seed}:instructions:{batch_number}")
+    transformers.set_seed(rng.randrange(2**31))
+    prompts, contexts = [], []
+    for _ in range(config.prompts_per_batch):
+        examples = sample_examples(rng, seeds, machine, config)
+        texts = [text for _, text in examples]
+        prompts.append(instruction_prompt(tokenizer, texts, config.use_chat_template))
+        contexts.append([example_id for example_id, _ in examples])
+    params = SamplingParams(
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        stop=("\n\n",),
+        presence_penalty=config.presence_penalty,
+    )
+    completions = backend.generate(prompts, params)
+
+    candidates: list[dict[str, Any]] = []
+    kept_count = len(machine)
+    for prompt_index, completion in enumerate(completions):
+        items = parse_numbered_instructions(completion.text)
+        for position, (text, is_last) in enumerate(items):
+            cut_off = is_last and completion.finish_reason == "length"
+            reason = instruction_drop_reason(text, cut_off)
+            if reason is None and pool.is_too_similar(text):
+                reason = "too_similar"
+            candidate: dict[str, Any] = {"instruction": text, "reason": reason}
+            if reason is None:
+                pool.add(text)
+                candidate.update(
+                    id=f"gen_{kept_count:06d}",
+                    provenance={
+                        "batch": batch_number,
+                        "prompt": prompt_index,
+                        "position": position,
+                        "in_context_ids": contexts[prompt_index],
+                    },
+                )
+                kept_count += 1
+            candidates.append(candidate)
+
+    kept = [c for c in candidates if c["reason"] is None]
+    if config.classification_check and kept:
+        shots = classification_examples(seeds)
+        questions = [
+            classification_prompt(tokenizer, c["instruction"], shots, config.use_chat_template)
+            for c in kept
+        ]
+        answers = backend.generate(questions, SamplingParams(max_new_tokens=3, temperature=0.0))
+        for candidate, answer in zip(kept, answers, strict=True):
+            candidate["is_classification"] = bool(parse_yes_no(answer.text))
+    else:
+        for candidate in kept:
+            candidate["is_classification"] = False
+    return {
+        "batch": batch_number,
+        "prompts": len(prompts),
+        "new_tokens": sum(c.num_tokens for c in completions),
+        "candidates": candidates,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage.
+
+
+def generation_fingerprint(config: Any) -> str:
+    """What the pool's content depends on (the target count is not: raising it continues)."""
+    settings = to_dict(config.generate_instructions)
+    settings.pop("num_instructions")
+    settings.pop("generation_batch_size")
+    settings.pop("max_batches")
+    return fingerprint(settings, config.run.model, config.run.seed)
+
+
+def kept_records(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": c["id"],
+            "instruction": c["instruction"],
+            "is_classification": c["is_classification"],
+            "provenance": c["provenance"],
+        }
+        for batch in batches
+        for c in batch["candidates"]
+        if c["reason"] is None
+    ]
+
+
+def summarize(batches: list[dict[str, Any]], target: int) -> dict[str, Any]:
+    reasons = Counter(c["reason"] for b in batches for c in b["candidates"] if c["reason"])
+    kept = sum(1 for b in batches for c in b["candidates"] if c["reason"] is None)
+    return {
+        "target": target,
+        "kept": kept,
+        "candidates": sum(len(b["candidates"]) for b in batches),
+        "dropped": {reason: reasons.get(reason, 0) for reason in INSTRUCTION_DROP_REASONS},
+        "classification": sum(
+            1 for b in batches for c in b["candidates"] if c.get("is_classification")
+        ),
+        "batches": len(batches),
+        "new_tokens": sum(b["new_tokens"] for b in batches),
+    }
+
+
+def prepare_output(folder: Path, generation_key: str, restart: bool) -> None:
+    """Refuse to mix a pool made with other settings into this one, unless asked to restart."""
+    key_file = folder / "generation_fingerprint"
+    log = folder / "batches.jsonl"
+    if log.is_file() and key_file.is_file() and key_file.read_text().strip() != generation_key:
+        if not restart:
+            raise UserError(
+                f"{folder} holds instructions generated with other settings: use another "
+                "run.output_dir, or pass --restart to set them aside and start again"
+            )
+        aside = folder.with_name(f"{folder.name}.replaced-{key_file.read_text().strip()}")
+        folder.rename(aside)
+        folder.mkdir(parents=True)
+    key_file.write_text(generation_key + "\n")
+
+
+def run(config: Any, run_dir: RunDirectory, restart: bool = False) -> dict[str, Any]:
+    """Generate instructions until ``num_instructions`` are kept; return the stage summary.
+
+    ``config`` is the whole run config (:class:`refine_af.run_config.RunSettings`); this stage
+    reads ``config.run`` and ``config.generate_instructions``. Writes into ``RUN/instructions/``:
+    ``batches.jsonl`` (everything generated), ``instructions.jsonl`` (kept, with provenance) and
+    ``summary.json`` (per-reason counts).
+    """
+    from refine_af.generation import make_backend
+    from refine_af.models import load_tokenizer, resolve_model_path
+
+    stage_config: InstructionGenerationConfig = config.generate_instructions
+    seeds = load_seed_tasks(seed_tasks_path(stage_config.seed_tasks))
+    generation_key = generation_fingerprint(config)
+    folder = run_dir.path / STAGE
+    folder.mkdir(parents=True, exist_ok=True)
+    prepare_output(folder, generation_key, restart)
+    stage_key = fingerprint(generation_key, stage_config.num_instructions)
+
+    with run_dir.stage(STAGE, stage_key) as summary:
+        log_path = folder / "batches.jsonl"
+        batches = read_batch_log(log_path)
+        machine = kept_records(batches)
+        pool = SimilarityIndex(stage_config.similarity_threshold)
+        for seed_task in seeds:
+            pool.add(seed_task.instruction)
+        for record in machine:
+            pool.add(record["instruction"])
+
+        target = stage_config.num_instructions
+        progress = tqdm(total=target, initial=min(len(machine), target), desc="kept instructions",
+                        unit="instr", dynamic_ncols=True)
+        if len(machine) < target:
+            model_path = resolve_model_path(config.run.model)
+            tokenizer = load_tokenizer(model_path, config.run.trust_remote_code)
+            backend = make_backend(
+                config.run.generation_backend,
+                model_path,
+                device=config.run.device,
+                dtype=config.run.dtype,
+                seed=config.run.seed,
+                batch_size=stage_config.generation_batch_size,
+                trust_remote_code=config.run.trust_remote_code,
+            )
+            while len(machine) < target:
+                batch_number = len(batches)
+                if batch_number >= stage_config.max_batches:
+                    raise UserError(
+                        f"only {len(machine)} of {target} instructions kept after "
+                        f"{batch_number} batches: raise generate_instructions.max_batches or "
+                        "check the model's completions in batches.jsonl"
+                    )
+                record = run_batch(batch_number, config.run.seed, backend, tokenizer, seeds,
+                                   machine, pool, stage_config)
+                append_line(log_path, record)
+                batches.append(record)
+                new = kept_records([record])
+                machine.extend(new)
+                progress.update(max(0, min(len(machine), target) - progress.n))
+                progress.set_postfix(batch=batch_number, candidates=len(record["candidates"]))
+        progress.close()
+
+        with (folder / "instructions.jsonl.partial").open("w", encoding="utf-8") as handle:
+            for item in machine:
+                handle.write(json.dumps(item, ensure_ascii=False) + "\n")
+        os.replace(folder / "instructions.jsonl.partial", folder / "instructions.jsonl")
+        result = summarize(batches, target)
+        write_json_atomic(folder / "summary.json", result)
+        summary.update(result)
+    return result
