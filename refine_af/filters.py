@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Callable
 
 MIN_INSTRUCTION_WORDS = 4  # "3 words or fewer" is dropped
 MAX_INSTRUCTION_WORDS = 150
@@ -65,3 +66,81 @@ def instruction_drop_reason(text: str, cut_off: bool) -> str | None:
     if not text[0].isascii():
         return "starts_with_non_ascii"
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 3: instance filters (Self-Instruct's ``filter_invalid_instances`` and
+# ``filter_duplicate_instances``, plus a cut-off check and the decontamination hook).
+
+# Reasons an instance is dropped, in the order they are checked; counts use these names.
+INSTANCE_DROP_REASONS = (
+    "cut_off",  # the last example of a completion that hit the token limit
+    "empty_output",
+    "input_equals_output",
+    "field_ends_with_colon",  # "Output: Here are some ideas:" is an unfinished generation
+    "contaminated",  # overlaps the SuperNI test data (refine_af.decontamination)
+    "duplicate",  # the same (input, output) pair again
+    "conflicting_outputs",  # one non-empty input with two outputs: the whole task is dropped
+    "over_limit",  # beyond max_instances_per_instruction
+)
+
+
+def instance_drop_reason(input_text: str, output_text: str, cut_off: bool) -> str | None:
+    """Why one instance is dropped on its own (no comparison with the task's other instances)."""
+    if cut_off:
+        return "cut_off"
+    if not output_text.strip():
+        return "empty_output"
+    if input_text.strip() == output_text.strip():
+        return "input_equals_output"
+    if input_text.strip().endswith(":") or output_text.strip().endswith(":"):
+        return "field_ends_with_colon"
+    return None
+
+
+def filter_task_instances(
+    candidates: list[tuple[str, str, bool]],
+    max_instances: int,
+    is_contaminated: Callable[[str, str], bool] | None = None,
+) -> list[str | None]:
+    """The drop reason of each ``(input, output, cut_off)`` candidate of ONE task, or None to keep.
+
+    Per-instance checks come first, then the task-level ones on the survivors: a non-empty input
+    that got two different outputs makes the task's instances unreliable, so all of them go
+    (Self-Instruct does the same); exact duplicates go; the first ``max_instances`` survivors are
+    kept in generation order.
+    """
+    reasons: list[str | None] = []
+    for input_text, output_text, cut_off in candidates:
+        reason = instance_drop_reason(input_text, output_text, cut_off)
+        if (
+            reason is None
+            and is_contaminated is not None
+            and is_contaminated(input_text, output_text)
+        ):
+            reason = "contaminated"
+        reasons.append(reason)
+
+    seen: set[tuple[str, str]] = set()
+    outputs_by_input: dict[str, set[str]] = {}
+    for index, (input_text, output_text, _) in enumerate(candidates):
+        if reasons[index] is not None:
+            continue
+        pair = (input_text.strip(), output_text.strip())
+        if pair in seen:
+            reasons[index] = "duplicate"
+            continue
+        seen.add(pair)
+        if pair[0]:
+            outputs_by_input.setdefault(pair[0], set()).add(pair[1])
+
+    if any(len(outputs) > 1 for outputs in outputs_by_input.values()):
+        return [reason or "conflicting_outputs" for reason in reasons]
+
+    kept = 0
+    for index, reason in enumerate(reasons):
+        if reason is None:
+            kept += 1
+            if kept > max_instances:
+                reasons[index] = "over_limit"
+    return reasons

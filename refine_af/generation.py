@@ -127,8 +127,9 @@ class TransformersBackend:
         text = self.tokenizer.decode(kept, skip_special_tokens=True)
         text, stopped = cut_at_stop(text, params.stop)
         finished = stopped or ended_by_eos or len(kept) < params.max_new_tokens
-        return Completion(text=text, finish_reason="stop" if finished else "length",
-                          num_tokens=len(kept))
+        return Completion(
+            text=text, finish_reason="stop" if finished else "length", num_tokens=len(kept)
+        )
 
 
 class VLLMBackend:

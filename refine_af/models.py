@@ -68,7 +68,9 @@ def dequantize_gguf(gguf_file: Path) -> Path:
 
     folder, name = str(gguf_file.parent), gguf_file.name
     try:
-        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        quantized = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=name, dtype=torch.float32
+        )
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         config = AutoConfig.from_pretrained(folder, gguf_file=name)
     except Exception as error:

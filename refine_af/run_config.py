@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from refine_af.config import (
     RunConfig,
     apply_overrides,
     build_dataclass,
-    help_field,
     read_config_file,
 )
 from refine_af.stages.instances import InstanceGenerationConfig
@@ -22,11 +21,17 @@ from refine_af.stages.sft import SFTConfig
 class RunSettings:
     """Everything one run directory is made from."""
 
-    run: RunConfig = help_field(None, "Shared settings: output directory, seed, model.")
-    generate_instructions: InstructionGenerationConfig = help_field(None, "Stage 1.")
-    rl: RLConfig = help_field(None, "Stage 2: RL from automated feedback.")
-    generate_instances: InstanceGenerationConfig = help_field(None, "Stage 3a: instances.")
-    sft: SFTConfig = help_field(None, "Stage 3b: LoRA fine-tuning.")
+    run: RunConfig = field(
+        default=None, metadata={"help": "Shared settings: output directory, seed, model."}
+    )
+    generate_instructions: InstructionGenerationConfig = field(
+        default=None, metadata={"help": "Stage 1."}
+    )
+    rl: RLConfig = field(default=None, metadata={"help": "Stage 2: RL from automated feedback."})
+    generate_instances: InstanceGenerationConfig = field(
+        default=None, metadata={"help": "Stage 3a: instances."}
+    )
+    sft: SFTConfig = field(default=None, metadata={"help": "Stage 3b: LoRA fine-tuning."})
 
     def __post_init__(self) -> None:
         # Missing sections take their defaults.

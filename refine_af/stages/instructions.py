@@ -123,6 +123,14 @@ def append_line(path: Path, record: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
+def write_jsonl_atomic(path: Path, records: list[dict[str, Any]]) -> None:
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(partial, path)
+
+
 # ---------------------------------------------------------------------------------------------
 # One batch.
 
@@ -285,19 +293,28 @@ def prepare_output(folder: Path, generation_key: str, restart: bool) -> None:
     key_file.write_text(generation_key + "\n")
 
 
-def run(config: Any, run_dir: RunDirectory, restart: bool = False) -> dict[str, Any]:
+def run(
+    config: Any,
+    run_dir: RunDirectory,
+    restart: bool = False,
+    backend: GenerationBackend | None = None,
+    tokenizer: Any = None,
+) -> dict[str, Any]:
     """Generate instructions until ``num_instructions`` are kept; return the stage summary.
 
     ``config`` is the whole run config (:class:`refine_af.run_config.RunSettings`); this stage
     reads ``config.run`` and ``config.generate_instructions``. Writes into ``RUN/instructions/``:
     ``batches.jsonl`` (everything generated), ``instructions.jsonl`` (kept, with provenance) and
-    ``summary.json`` (per-reason counts).
+    ``summary.json`` (per-reason counts). ``backend``/``tokenizer`` replace the configured
+    model (tests use a scripted backend to exercise parsing and filtering).
     """
     from refine_af.generation import make_backend
     from refine_af.models import load_tokenizer, resolve_model_path
 
     stage_config: InstructionGenerationConfig = config.generate_instructions
     seeds = load_seed_tasks(seed_tasks_path(stage_config.seed_tasks))
+    # Resolve the model before any work starts, so a bad path fails at once with one line.
+    model_path = resolve_model_path(config.run.model) if backend is None else None
     generation_key = generation_fingerprint(config)
     folder = run_dir.path / STAGE
     folder.mkdir(parents=True, exist_ok=True)
@@ -313,12 +330,19 @@ def run(config: Any, run_dir: RunDirectory, restart: bool = False) -> dict[str, 
             pool.add(seed_task.instruction)
         for record in machine:
             pool.add(record["instruction"])
+        # instructions.jsonl is a view of the log, rewritten on start and appended per batch.
+        kept_path = folder / "instructions.jsonl"
+        write_jsonl_atomic(kept_path, machine)
 
         target = stage_config.num_instructions
-        progress = tqdm(total=target, initial=min(len(machine), target), desc="kept instructions",
-                        unit="instr", dynamic_ncols=True)
-        if len(machine) < target:
-            model_path = resolve_model_path(config.run.model)
+        progress = tqdm(
+            total=target,
+            initial=min(len(machine), target),
+            desc="kept instructions",
+            unit="instr",
+            dynamic_ncols=True,
+        )
+        if len(machine) < target and model_path is not None:
             tokenizer = load_tokenizer(model_path, config.run.trust_remote_code)
             backend = make_backend(
                 config.run.generation_backend,
@@ -329,6 +353,8 @@ def run(config: Any, run_dir: RunDirectory, restart: bool = False) -> dict[str, 
                 batch_size=stage_config.generation_batch_size,
                 trust_remote_code=config.run.trust_remote_code,
             )
+        if len(machine) < target:
+            assert backend is not None and tokenizer is not None
             while len(machine) < target:
                 batch_number = len(batches)
                 if batch_number >= stage_config.max_batches:
@@ -337,20 +363,26 @@ def run(config: Any, run_dir: RunDirectory, restart: bool = False) -> dict[str, 
                         f"{batch_number} batches: raise generate_instructions.max_batches or "
                         "check the model's completions in batches.jsonl"
                     )
-                record = run_batch(batch_number, config.run.seed, backend, tokenizer, seeds,
-                                   machine, pool, stage_config)
+                record = run_batch(
+                    batch_number,
+                    config.run.seed,
+                    backend,
+                    tokenizer,
+                    seeds,
+                    machine,
+                    pool,
+                    stage_config,
+                )
                 append_line(log_path, record)
                 batches.append(record)
                 new = kept_records([record])
                 machine.extend(new)
+                for item in new:
+                    append_line(kept_path, item)
                 progress.update(max(0, min(len(machine), target) - progress.n))
                 progress.set_postfix(batch=batch_number, candidates=len(record["candidates"]))
         progress.close()
 
-        with (folder / "instructions.jsonl.partial").open("w", encoding="utf-8") as handle:
-            for item in machine:
-                handle.write(json.dumps(item, ensure_ascii=False) + "\n")
-        os.replace(folder / "instructions.jsonl.partial", folder / "instructions.jsonl")
         result = summarize(batches, target)
         write_json_atomic(folder / "summary.json", result)
         summary.update(result)
