@@ -103,5 +103,143 @@ def generate_instructions(
     )
 
 
+@cli.command("rl")
+@config_options
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in RUN/rl.")
+@click.option("--num-steps", type=int, default=None, help="Optimizer steps (rl.num_steps).")
+@handle_errors
+def rl_command(
+    config_name: str, overrides: tuple[str, ...], resume: bool, num_steps: int | None
+) -> None:
+    """Stage 2: RL from automated feedback on the stage-1 instructions (LoRA, GRPO/RLOO)."""
+    from refine_af.stages import rl
+
+    extra = [f"rl.num_steps={num_steps}"] if num_steps is not None else []
+    config, run_dir = prepare_run(config_name, overrides, extra)
+    summary = rl.run(config, run_dir, resume=resume)
+    if not summary:
+        return  # a non-main process of `accelerate launch`
+    combined = summary.get("reward_combined", {})
+    state = "already done" if summary.get("skipped") else f"{summary.get('steps')} steps"
+    click.echo(
+        f"rl {state}: combined reward {combined.get('first')} -> {combined.get('last')}; "
+        f"adapter {run_dir.path / rl.STAGE / 'adapter'}"
+    )
+
+
+@cli.command("generate-instances")
+@config_options
+@click.option(
+    "--variant",
+    type=click.Choice(["refine_af", "baseline"]),
+    default="refine_af",
+    show_default=True,
+    help="Instances from the RL adapter (refine_af) or from the untuned model (baseline).",
+)
+@click.option("--max-instructions", type=int, default=None, help="Use only the first N.")
+@click.option("--restart", is_flag=True, help="Set aside instances made from other inputs.")
+@handle_errors
+def generate_instances(
+    config_name: str,
+    overrides: tuple[str, ...],
+    variant: str,
+    max_instructions: int | None,
+    restart: bool,
+) -> None:
+    """Stage 3a: write and filter instances for every kept instruction."""
+    from refine_af.stages import instances
+
+    extra = []
+    if max_instructions is not None:
+        extra.append(f"generate_instances.max_instructions={max_instructions}")
+    config, run_dir = prepare_run(config_name, overrides, extra)
+    summary = instances.run(config, run_dir, variant, restart=restart)
+    click.echo(
+        f"kept {summary['kept']} instances from {summary['candidates']} candidates "
+        f"({summary['instructions']['processed']} instructions): "
+        f"{run_dir.path / instances.STAGE_DIR / variant / 'instances.jsonl'}"
+    )
+
+
+@cli.command("sft")
+@config_options
+@click.option(
+    "--variant",
+    type=click.Choice(["refine_af", "baseline"]),
+    default="refine_af",
+    show_default=True,
+    help="Which variant's instances to fine-tune on.",
+)
+@click.option("--restart", is_flag=True, help="Train again even if the adapter is up to date.")
+@handle_errors
+def sft_command(config_name: str, overrides: tuple[str, ...], variant: str, restart: bool) -> None:
+    """Stage 3b: LoRA fine-tuning of the base model on a variant's instances."""
+    from refine_af.stages import sft
+
+    config, run_dir = prepare_run(config_name, overrides, [])
+    summary = sft.run(config, run_dir, variant, restart=restart)
+    state = "up to date" if summary.get("skipped") else f"trained {summary['steps']} steps"
+    click.echo(f"adapter {state}: {summary['adapter']}")
+    if summary.get("merged"):
+        click.echo(f"merged model: {summary['merged']}")
+
+
+@cli.command("train")
+@config_options
+@click.option(
+    "--baseline", is_flag=True, help="Only the Self-Instruct baseline adapter (skips stage 2)."
+)
+@handle_errors
+def train(config_name: str, overrides: tuple[str, ...], baseline: bool) -> None:
+    """Run the whole pipeline (stages 1 -> 2 -> 3) in one run directory; skip what is done."""
+    from refine_af import pipeline
+
+    extra = ["pipeline.variants=[baseline]"] if baseline else []
+    config, run_dir = prepare_run(config_name, overrides, extra)
+    result = pipeline.run(config, run_dir)
+    for variant, adapter in result["adapters"].items():
+        click.echo(f"{variant} adapter: {adapter}")
+    click.echo(f"data card: {result['data_card']}")
+    click.echo(f"done in {result['seconds']} s")
+
+
+@cli.command("eval")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    default="eval_configs/default.yaml",
+    show_default=True,
+    help="An eval YAML (eval_configs/*.yaml).",
+)
+@click.option("--force", is_flag=True, help="Evaluate again rows already evaluated.")
+@click.argument("overrides", nargs=-1)
+@handle_errors
+def eval_command(config_path: str, overrides: tuple[str, ...], force: bool) -> None:
+    """Evaluate the base model and adapters on SuperNI; write the report."""
+    from refine_af.evaluation.commands import eval_command as run
+
+    click.echo(run(config_path, list(overrides), force=force))
+
+
+@cli.command("eval-regression")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    default="eval_configs/regression.yaml",
+    show_default=True,
+    help="The regression YAML.",
+)
+@click.option("--update", is_flag=True, help="Rewrite the stored reference on purpose.")
+@click.argument("overrides", nargs=-1)
+@handle_errors
+def eval_regression_command(config_path: str, overrides: tuple[str, ...], update: bool) -> None:
+    """CI check: small deterministic SuperNI eval compared with the stored reference."""
+    from refine_af.evaluation.commands import regression_command
+
+    click.echo(regression_command(config_path, list(overrides), update=update))
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     cli()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 MIN_INSTRUCTION_WORDS = 4  # "3 words or fewer" is dropped
 MAX_INSTRUCTION_WORDS = 150
@@ -78,6 +78,7 @@ INSTANCE_DROP_REASONS = (
     "empty_output",
     "input_equals_output",
     "field_ends_with_colon",  # "Output: Here are some ideas:" is an unfinished generation
+    "copied_demonstration",  # repeats an example shown in the prompt (small models do)
     "contaminated",  # overlaps the SuperNI test data (refine_af.decontamination)
     "duplicate",  # the same (input, output) pair again
     "conflicting_outputs",  # one non-empty input with two outputs: the whole task is dropped
@@ -98,21 +99,35 @@ def instance_drop_reason(input_text: str, output_text: str, cut_off: bool) -> st
     return None
 
 
+def _normalized(text: str) -> str:
+    return " ".join(text.lower().strip(" \t\n\"'").split())
+
+
+def _copies(text: str, shown: set[str]) -> bool:
+    """The text, or its first line (commentary often follows a copy), is a demonstration."""
+    return _normalized(text) in shown or _normalized(text.strip().split("\n", 1)[0]) in shown
+
+
 def filter_task_instances(
     candidates: list[tuple[str, str, bool]],
     max_instances: int,
     is_contaminated: Callable[[str, str], bool] | None = None,
+    demonstrations: Collection[str] = (),
 ) -> list[str | None]:
     """The drop reason of each ``(input, output, cut_off)`` candidate of ONE task, or None to keep.
 
     Per-instance checks come first, then the task-level ones on the survivors: a non-empty input
     that got two different outputs makes the task's instances unreliable, so all of them go
-    (Self-Instruct does the same); exact duplicates go; the first ``max_instances`` survivors are
-    kept in generation order.
+    (Self-Instruct does the same); exact duplicates go; an input or output equal to one of the
+    prompt's ``demonstrations`` is a copy, not a new instance; the first ``max_instances``
+    survivors are kept in generation order.
     """
+    shown = {_normalized(text) for text in demonstrations} - {""}
     reasons: list[str | None] = []
     for input_text, output_text, cut_off in candidates:
         reason = instance_drop_reason(input_text, output_text, cut_off)
+        if reason is None and (_copies(input_text, shown) or _copies(output_text, shown)):
+            reason = "copied_demonstration"
         if (
             reason is None
             and is_contaminated is not None

@@ -144,6 +144,18 @@ INSTANCE_OUTPUT_FIRST_DEMOS = (
     "Class label: Even\nInput: 42\n"
     "Class label: Odd\nInput: 17"
 )
+# The demonstrations' inputs and outputs of more than one word: a generated instance that
+# repeats one is a copy of the prompt (class labels such as "Positive" are legitimate outputs).
+INSTANCE_DEMONSTRATION_TEXTS = (
+    "25 degrees Celsius",
+    "77 degrees Fahrenheit",
+    "100 degrees Celsius",
+    "212 degrees Fahrenheit",
+    "The Daily Grind",
+    "Bean There",
+    "The food was great and the staff were friendly.",
+    "We waited an hour and the soup was cold.",
+)
 # Where a completion must stop: the model starting the next task of the few-shot list.
 INSTANCE_STOP = ("\nTask:",)
 # Words a model writes for "this task takes no input".
@@ -226,6 +238,10 @@ def parse_output_first_instances(completion: str) -> list[tuple[str, str, bool]]
             label, raw_input = piece[: match.start()], piece[match.end() :]
         else:
             label, raw_input = piece, ""
+        # Small models often repeat the label as "Output: L" after the input: not input text.
+        repeated = _OUTPUT_FIELD.search(raw_input)
+        if repeated:
+            raw_input = raw_input[: repeated.start()]
         instances.append((_no_input(_clean_field(raw_input)), _clean_field(label)))
     return [(inp, out, i == len(instances) - 1) for i, (inp, out) in enumerate(instances)]
 

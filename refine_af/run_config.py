@@ -11,6 +11,7 @@ from refine_af.config import (
     build_dataclass,
     read_config_file,
 )
+from refine_af.pipeline import PipelineConfig
 from refine_af.stages.instances import InstanceGenerationConfig
 from refine_af.stages.instructions import InstructionGenerationConfig
 from refine_af.stages.rl import RLConfig
@@ -32,6 +33,9 @@ class RunSettings:
         default=None, metadata={"help": "Stage 3a: instances."}
     )
     sft: SFTConfig = field(default=None, metadata={"help": "Stage 3b: LoRA fine-tuning."})
+    pipeline: PipelineConfig = field(
+        default=None, metadata={"help": "refineaf train: which adapters to produce."}
+    )
 
     def __post_init__(self) -> None:
         # Missing sections take their defaults.
@@ -40,6 +44,7 @@ class RunSettings:
         self.rl = self.rl or RLConfig()
         self.generate_instances = self.generate_instances or InstanceGenerationConfig()
         self.sft = self.sft or SFTConfig()
+        self.pipeline = self.pipeline or PipelineConfig()
 
 
 def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> RunSettings:

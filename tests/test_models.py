@@ -38,7 +38,7 @@ def test_bad_model_settings(name: str, message: str, monkeypatch: pytest.MonkeyP
 
 
 def test_directory_without_config_and_plain_file(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="no config.json"):
+    with pytest.raises(UserError, match=r"no config\.json"):
         resolve_model_path(str(tmp_path))
     weights = tmp_path / "model.bin"
     weights.write_bytes(b"\0")
@@ -66,5 +66,5 @@ def test_embedded_default_gguf_dequantizes_once(tmp_path: Path, monkeypatch) -> 
     folder = dequantize_gguf(gguf)
     assert (folder / "model.safetensors").is_file()
     assert dequantize_gguf(gguf) == folder  # cached
-    model, tokenizer = load_model_and_tokenizer(str(folder), device="cpu")
+    _, tokenizer = load_model_and_tokenizer(str(folder), device="cpu")
     assert tokenizer.chat_template

@@ -1,0 +1,222 @@
+"""Decontamination: drop generated data that overlaps the SuperNI test tasks.
+
+The evaluation scores models on SuperNI's 119 test tasks (SPEC section 3). A generated
+instruction that paraphrases a test task's definition, or an instance that copies a test input,
+would let the fine-tuned model see test material, so stage 3 removes them before fine-tuning.
+
+Overlap is measured on word n-grams (lower-cased ``[a-z0-9]+`` tokens, the tokenization
+ROUGE uses): a text of at least ``n`` tokens is contaminated when it shares any ``n``-gram with
+the test data (task definitions, instance inputs and outputs, positive examples); a shorter text
+is contaminated when it equals a whole test text of at least ``min_tokens`` tokens. Very short
+texts ("Yes", "positive") are never compared: they are labels, not leaked test material.
+
+The test data comes from a local file, never the network: ``generate_instances.superni_data``,
+else the environment variable ``REFINEAF_SUPERNI_DATA`` (the evaluation reads the same one): a
+JSONL / JSONL.GZ with one instance per line (``task_name, definition, positive_examples, input,
+outputs``, the layout of ``shared/data/superni_test.jsonl.gz``) or a directory of
+natural-instructions task files (``<task>.json``). Without it the step is skipped with a warning
+and the data card says so. A partial file (such as the 30 tasks in ``shared/data``) checks only
+against the tasks it holds; the summary records how many tasks were covered.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import hashlib
+import json
+import os
+import re
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from refine_af.errors import UserError
+
+SUPERNI_DATA_ENV = "REFINEAF_SUPERNI_DATA"
+_TOKEN = re.compile(r"[a-z0-9]+")
+_INSTANCES_PER_TASK = 100  # SuperNI evaluates Instances[:100] of each test task
+
+
+def tokens(text: str) -> list[str]:
+    """Lower-cased alphanumeric word tokens (ROUGE's tokenization, without stemming)."""
+    return _TOKEN.findall(text.lower())
+
+
+def _as_list(value: Any) -> list[Any]:
+    """Fields stored as a Python-literal string in the shared JSONL (``"[{'input': ...}]"``)."""
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return [value]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [] if value is None else [value]
+
+
+def _open_text(path: Path) -> Any:
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    return path.open(encoding="utf-8")
+
+
+def _texts_of_examples(examples: Any) -> Iterator[str]:
+    for example in _as_list(examples):
+        if isinstance(example, dict):
+            yield str(example.get("input", ""))
+            yield str(example.get("output", ""))
+
+
+def read_superni_texts(path: Path) -> tuple[list[str], set[str]]:
+    """All test texts of a SuperNI JSONL(.gz) file or task-file directory, and the task names."""
+    texts: list[str] = []
+    tasks: set[str] = set()
+    if path.is_dir():
+        files = sorted(path.glob("task*.json"))
+        if not files:
+            raise UserError(f"SuperNI directory {path} holds no task*.json files")
+        for task_file in files:
+            try:
+                task = json.loads(task_file.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, OSError) as error:
+                raise UserError(f"cannot read SuperNI task file {task_file}: {error}") from error
+            tasks.add(task_file.stem)
+            texts.extend(str(d) for d in _as_list(task.get("Definition")))
+            texts.extend(_texts_of_examples(task.get("Positive Examples")))
+            for instance in task.get("Instances", [])[:_INSTANCES_PER_TASK]:
+                texts.append(str(instance.get("input", "")))
+                texts.extend(str(o) for o in _as_list(instance.get("output")))
+        return texts, tasks
+    definitions_seen: set[str] = set()
+    with _open_text(path) as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                tasks.add(str(row["task_name"]))
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise UserError(
+                    f"{path} line {number} is not a SuperNI instance line (needs task_name, "
+                    "definition, input, outputs)"
+                ) from error
+            definition = str(row.get("definition", ""))
+            if definition not in definitions_seen:  # repeated on every line of a task
+                definitions_seen.add(definition)
+                texts.append(definition)
+                texts.extend(_texts_of_examples(row.get("positive_examples")))
+            texts.append(str(row.get("input", "")))
+            texts.extend(str(o) for o in _as_list(row.get("outputs")))
+    return texts, tasks
+
+
+def find_superni_data(configured: str | None) -> Path | None:
+    """The configured path, else ``$REFINEAF_SUPERNI_DATA``, else None (no test data here)."""
+    chosen = configured or os.environ.get(SUPERNI_DATA_ENV)
+    if not chosen:
+        return None
+    path = Path(chosen).expanduser()
+    if not path.exists():
+        # A path the user named but that is missing is a mistake, not "no data": say so.
+        raise UserError(
+            f"SuperNI data {path} does not exist: fix generate_instances.superni_data or "
+            f"{SUPERNI_DATA_ENV}, or set generate_instances.decontaminate=false"
+        )
+    return path
+
+
+def file_key(path: Path) -> str:
+    """Identity of a data file or directory for fingerprints (name, size and mtime)."""
+    files = sorted(path.glob("task*.json")) if path.is_dir() else [path]
+    stamp = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    return hashlib.sha256(stamp.encode()).hexdigest()[:16]
+
+
+@dataclass
+class ContaminationIndex:
+    """N-grams and whole short texts of the test data, queried for overlap."""
+
+    n: int = 8
+    min_tokens: int = 4
+    ngrams: set[tuple[str, ...]] = field(default_factory=set)
+    short_texts: set[tuple[str, ...]] = field(default_factory=set)
+
+    def add(self, text: str) -> None:
+        words = tokens(text)
+        if len(words) >= self.n:
+            self.ngrams.update(tuple(words[i : i + self.n]) for i in range(len(words) - self.n + 1))
+        elif len(words) >= self.min_tokens:
+            self.short_texts.add(tuple(words))
+
+    def add_all(self, texts: Iterable[str]) -> None:
+        for text in texts:
+            self.add(text)
+
+    def overlaps(self, text: str) -> bool:
+        """True when ``text`` shares an n-gram with, or (if short) equals, a test text."""
+        words = tokens(text)
+        if len(words) >= self.n:
+            return any(
+                tuple(words[i : i + self.n]) in self.ngrams for i in range(len(words) - self.n + 1)
+            )
+        # A short text counts only when it is a whole test text: its words inside a longer
+        # test text are too common to mean a leak.
+        return len(words) >= self.min_tokens and tuple(words) in self.short_texts
+
+
+@dataclass
+class Decontaminator:
+    """What stage 3 asks: is this instruction / instance test material? Counts nothing itself."""
+
+    index: ContaminationIndex | None
+    source: str | None
+    tasks: int = 0
+    note: str = ""
+
+    @property
+    def available(self) -> bool:
+        return self.index is not None
+
+    def instruction(self, text: str) -> bool:
+        return self.index is not None and self.index.overlaps(text)
+
+    def instance(self, input_text: str, output_text: str) -> bool:
+        if self.index is None:
+            return False
+        return self.index.overlaps(input_text) or self.index.overlaps(output_text)
+
+    def describe(self) -> dict[str, Any]:
+        """For summaries and the data card."""
+        return {
+            "applied": self.available,
+            "source": self.source,
+            "test_tasks_covered": self.tasks,
+            "ngram": self.index.n if self.index else None,
+            "note": self.note,
+        }
+
+
+def build_decontaminator(
+    enabled: bool, configured: str | None, n: int = 8, min_tokens: int = 4
+) -> Decontaminator:
+    """Load the test data into an index, or explain (warning + note) why there is none."""
+    if not enabled:
+        return Decontaminator(None, None, note="disabled (generate_instances.decontaminate=false)")
+    path = find_superni_data(configured)
+    if path is None:
+        note = (
+            "skipped: no SuperNI test data given (set generate_instances.superni_data or "
+            f"{SUPERNI_DATA_ENV} to a SuperNI JSONL/JSONL.GZ or task directory)"
+        )
+        warnings.warn(f"decontamination {note}", stacklevel=2)
+        return Decontaminator(None, None, note=note)
+    texts, tasks = read_superni_texts(path)
+    index = ContaminationIndex(n=n, min_tokens=min_tokens)
+    index.add_all(texts)
+    note = f"checked against {len(tasks)} SuperNI test tasks"
+    if len(tasks) < 119:
+        note += " (partial data: the other test tasks were not checked)"
+    return Decontaminator(index, str(path), tasks=len(tasks), note=note)

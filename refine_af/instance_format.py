@@ -1,0 +1,114 @@
+"""The policy's instance format: the prompt that asks for one instance of a task, and its parser.
+
+Stage 2 (RL) and stage 3 (instance generation) both ask a model to write one input–output
+instance for an instruction. The prompt shows the format and pre-fills the assistant turn with
+``Input:``, so the completion looks like::
+
+     <the input, or None>
+    Output: <the output>
+
+and :func:`parse_instance` recovers ``(input, output)`` from it. Parsing is deliberately lenient
+about what small models do (missing space, ``output:`` in lower case, markdown bold, a second
+example appended after the first, a trailing end-of-turn token) and strict about what makes an
+instance useless (no ``Output:`` marker, empty output): those return ``None``, which RL turns into
+the format penalty and stage 3 drops.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from refine_af.prompts import render_chat
+
+INPUT_MARKER = "Input:"
+OUTPUT_MARKER = "Output:"
+# Words a model writes for "this task takes no input"; matched after stripping punctuation.
+EMPTY_INPUT_WORDS = frozenset(
+    {"", "none", "n/a", "na", "no input", "empty", "null", "nothing", "not applicable", "-"}
+)
+
+INSTANCE_REQUEST = (
+    "Write one example of the task below: an input for the task and the correct output for that "
+    "input. If the task needs no input, write None as the input.\n\n"
+    "Task: {instruction}\n\n"
+    "Use exactly this format:\n"
+    "Input: <the input, or None>\n"
+    "Output: <the correct output>"
+)
+
+# ``Output:`` at a line start (or right after the input on the same line), tolerating markdown
+# emphasis and case; the first one separates input from output.
+_OUTPUT_RE = re.compile(r"(?:^|\s)[*_#\s]*output[*_]*\s*:[*_]*", re.IGNORECASE)
+# Where the output ends: the model starting another example or another turn.
+_OUTPUT_END_RE = re.compile(
+    r"\n\s*[*_#]*\s*(?:input|output|task|example|instruction)\s*\d*[*_]*\s*:|"
+    r"<\|im_end\|>|<\|endoftext\|>|</s>|<\|im_start\|>|<\|eot_id\|>",
+    re.IGNORECASE,
+)
+_SPECIAL_RE = re.compile(r"<\|[^|<>]*\|>|</s>")
+# The format's own placeholders copied back ("<the input, or None>"): not an instance.
+_PLACEHOLDER_RE = re.compile(r"^<\s*the (?:input|correct output)\b[^>]*>$", re.IGNORECASE)
+_LEADING_INPUT_RE = re.compile(r"^\s*[*_#]*\s*input[*_]*\s*:[*_]*", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ParsedInstance:
+    """One instance: ``input`` is ``""`` when the task takes none; ``output`` is never empty."""
+
+    input: str
+    output: str
+
+
+def instance_request(instruction: str) -> str:
+    """The user-turn text asking for one instance of ``instruction``."""
+    return INSTANCE_REQUEST.format(instruction=" ".join(instruction.split()))
+
+
+def instance_prompt(tokenizer: Any, instruction: str, use_chat_template: bool = True) -> str:
+    """The full prompt string, ending with the pre-filled ``Input:`` the completion continues."""
+    return render_chat(tokenizer, instance_request(instruction), INPUT_MARKER, use_chat_template)
+
+
+def _clean(text: str) -> str:
+    """Trim whitespace and markdown emphasis left around a field."""
+    return text.strip().strip("*_").strip()
+
+
+def parse_instance(completion: str) -> ParsedInstance | None:
+    """Split a completion of :func:`instance_prompt` into input and output; None if unusable.
+
+    ``completion`` is the text after the pre-filled ``Input:``; a completion that repeats the
+    ``Input:`` marker itself is accepted too. Unusable means: no ``Output:`` marker, or nothing
+    but whitespace (or an end-of-turn token) after it, or the format's placeholder text copied
+    back instead of an input or output.
+    """
+    if not isinstance(completion, str):
+        return None
+    text = completion.replace("\r\n", "\n")
+    leading = _LEADING_INPUT_RE.match(text)
+    if leading:
+        text = text[leading.end() :]
+    match = _OUTPUT_RE.search(text)
+    if match is None:
+        return None
+    raw_input, rest = text[: match.start()], text[match.end() :]
+    end = _OUTPUT_END_RE.search(rest)
+    output = _clean(rest[: end.start()] if end else rest)
+    if not output or _PLACEHOLDER_RE.match(output):
+        return None
+    # A special token inside the input means the model left the format (a new turn, say).
+    if _SPECIAL_RE.search(raw_input):
+        return None
+    input_text = _clean(raw_input)
+    if _PLACEHOLDER_RE.match(input_text):
+        return None
+    if input_text.lower().strip(" .()[]<>\"'") in EMPTY_INPUT_WORDS:
+        input_text = ""
+    return ParsedInstance(input=input_text, output=output)
+
+
+def format_instance(instance: ParsedInstance) -> str:
+    """The completion text that :func:`parse_instance` reads back as ``instance``."""
+    return f" {instance.input or 'None'}\n{OUTPUT_MARKER} {instance.output}"

@@ -1,0 +1,580 @@
+"""REFINE-AF's automated feedback: scorers, and reward functions in TRL's shape.
+
+The paper's reward for an instance (instruction, input, output) is (SPEC section 1)::
+
+    r = 0.0078·Rew − 0.4421·Und + 0.3212·Nat + 0.1520·Coh − 0.0274
+
+``Rew`` is a sequence-classification reward model's score of (instruction + input, output);
+``Und``, ``Nat`` and ``Coh`` are UniEval dialogue scores: the probability that the evaluator
+answers "Yes" to the dimension's question, the instruction + input being the dialogue history and
+the output the response. Weights and intercept are configuration.
+
+Scorers (all loaded once, batched, run under ``torch.no_grad`` on their own device):
+
+* :class:`SequenceClassificationScorer` — a real reward model (paper: OpenAssistant's
+  ``oasst-rm-2.1-pythia-1.4b-epoch-2.5``), the first logit is the score.
+* :class:`T5YesNoScorer` — UniEval (``MingZhong/unieval-dialog``): ``question: ... </s> response:
+  ... [</s> dialogue history: ...]`` in, ``P(Yes) / (P(Yes) + P(No))`` at the first decoder step.
+* :class:`CausalYesNoScorer` — any causal LM asked the same Yes/No question through its chat
+  template: the softmax over the next-token probabilities of the Yes and No tokens. This is what
+  lets the stage run offline with only the embedded SmolLM2. Used as ``reward_model`` (setting
+  ``causal:<model>``) it returns the log-odds ``log P(Yes) − log P(No)`` of "is this a good
+  response?", an unbounded score like a reward model's logit rather than a probability.
+
+:class:`InstanceRewards` turns completions into parsed instances, scores every component once per
+batch and hands TRL one plain function per component (each logged as ``rewards/<name>/mean``)
+plus a ``format`` reward: 0 for a parseable instance, ``−format_penalty`` otherwise. Components of
+an unparseable completion are ``None`` (TRL's NaN: left out of the component means), so its total
+is the penalty alone. The combined paper formula, intercept included, is computed for every
+sample, logged as ``reward_combined`` and written to the sample log.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from refine_af.errors import UserError
+from refine_af.instance_format import ParsedInstance, parse_instance
+
+COMPONENTS = ("reward_model", "understandability", "naturalness", "coherence")
+DIMENSIONS = ("understandability", "naturalness", "coherence")
+FORMAT_REWARD = "format"
+PAPER_WEIGHTS: dict[str, float] = {
+    "reward_model": 0.0078,
+    "understandability": -0.4421,
+    "naturalness": 0.3212,
+    "coherence": 0.1520,
+}
+PAPER_INTERCEPT = -0.0274
+CAUSAL_PREFIX = "causal:"
+
+# UniEval's own dialogue questions (maszhongming/UniEval, utils.add_question, task "dialogue"):
+# the T5 evaluator was trained on exactly these strings, so they must not be reworded.
+UNIEVAL_QUESTIONS = {
+    "naturalness": "Is this a natural response in the dialogue?",
+    "coherence": "Is this a coherent response given the dialogue history?",
+    "understandability": "Is this an understandable response in the dialogue?",
+}
+# The same dimensions asked of a general chat model, about an instruction's instance.
+CAUSAL_QUESTIONS = {
+    "understandability": "Is the response understandable?",
+    "naturalness": "Is the response natural, like something a person would write?",
+    "coherence": "Is the response coherent with the instruction and input above?",
+    "reward_model": "Is the response a good and correct answer to the instruction?",
+}
+# Which questions see the context (UniEval gives only coherence the dialogue history).
+WITH_CONTEXT = frozenset({"coherence", "reward_model"})
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of an exception's message, for single-line user errors."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def instance_context(instruction: str, input_text: str) -> str:
+    """The instruction plus its input: the "dialogue history" / the reward model's prompt."""
+    instruction = " ".join(instruction.split())
+    return f"{instruction}\nInput: {input_text.strip()}" if input_text.strip() else instruction
+
+
+def combine(
+    components: Mapping[str, float | None],
+    weights: Mapping[str, float],
+    intercept: float,
+    format_reward: float = 0.0,
+) -> float:
+    """The weighted reward of one sample: ``intercept + Σ w·component + format_reward``.
+
+    A missing or ``None`` component counts as 0 (an unparseable completion has none); a
+    component with no weight is ignored.
+    """
+    total = intercept + format_reward
+    for name, weight in weights.items():
+        value = components.get(name)
+        if value is not None and weight:
+            total += weight * value
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Scorers.
+
+
+class Scorer(Protocol):
+    """Something that scores a batch of prepared texts."""
+
+    def score(self, texts: Sequence[str]) -> list[float]: ...
+
+
+def _batches(items: Sequence[int], size: int) -> list[list[int]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def _length_order(tokenizer: Any, texts: Sequence[str]) -> list[int]:
+    """Indices of ``texts`` longest first, so each batch pads little."""
+    lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    return sorted(range(len(texts)), key=lambda i: -lengths[i])
+
+
+def _first_token_ids(tokenizer: Any, words: Sequence[str], answer: str) -> list[int]:
+    """Ids of the first token of each spelling whose token decodes to ``answer`` itself."""
+    ids: list[int] = []
+    for word in words:
+        encoded = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if not encoded:
+            continue
+        token = encoded[0]
+        if tokenizer.decode([token]).strip().lower() == answer and token not in ids:
+            ids.append(token)
+    return ids
+
+
+@dataclass
+class CausalYesNoScorer:
+    """Yes/No probability of a causal LM's next token after a question (see module docstring).
+
+    ``P(yes) = Σ p(yes spellings) / (Σ p(yes spellings) + Σ p(no spellings))`` over the first
+    tokens of "Yes", " Yes", "yes", " yes" (and the same for No) that exist in the vocabulary, so
+    the answer's spelling (with or without a leading space) does not matter.
+    """
+
+    model: Any
+    tokenizer: Any
+    batch_size: int = 16
+    max_length: int = 512
+    use_chat_template: bool = True
+    log_odds: bool = False
+    yes_ids: list[int] = field(init=False)
+    no_ids: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.yes_ids = _first_token_ids(self.tokenizer, ["Yes", " Yes", "yes", " yes"], "yes")
+        self.no_ids = _first_token_ids(self.tokenizer, ["No", " No", "no", " no"], "no")
+        if not self.yes_ids or not self.no_ids:
+            raise UserError("the causal evaluator's tokenizer has no single token for Yes or No")
+
+    def prompt(self, question: str, response: str, context: str | None) -> str:
+        """The question about one response; the answer is the next token."""
+        from refine_af.prompts import render_chat
+
+        parts = []
+        if context is not None:
+            parts.append(f"Instruction:\n{context}")
+        parts.append(f"Response:\n{response.strip()}")
+        # The question goes last, so truncating a long prompt on the left keeps it.
+        parts.append(f"{question} Answer Yes or No.")
+        return render_chat(self.tokenizer, "\n\n".join(parts), "", self.use_chat_template)
+
+    def score(self, texts: Sequence[str]) -> list[float]:
+        """P(Yes) (or its log-odds) for each prepared prompt."""
+        import torch
+
+        scores: list[float] = [0.0] * len(texts)
+        device = self.model.device
+        yes = torch.tensor(self.yes_ids, device=device)
+        no = torch.tensor(self.no_ids, device=device)
+        for batch in _batches(_length_order(self.tokenizer, texts), self.batch_size):
+            encoded = self.tokenizer(
+                [texts[i] for i in batch],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                add_special_tokens=False,
+            ).to(device)
+            with torch.no_grad():
+                # Left padding: the last position is every row's real next-token position.
+                logits = self.model(**encoded).logits[:, -1, :].float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            log_yes = torch.logsumexp(logprobs[:, yes], dim=-1)
+            log_no = torch.logsumexp(logprobs[:, no], dim=-1)
+            values = log_yes - log_no if self.log_odds else torch.sigmoid(log_yes - log_no)
+            for row, index in enumerate(batch):
+                scores[index] = float(values[row])
+        return scores
+
+
+@dataclass
+class T5YesNoScorer:
+    """UniEval's Boolean QA: ``P(Yes) / (P(Yes) + P(No))`` at the first decoder position."""
+
+    model: Any
+    tokenizer: Any
+    batch_size: int = 16
+    max_length: int = 1024
+    pos_id: int = field(init=False)
+    neg_id: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        # As UniEval does: the first id of the encoded word (T5 gives "▁Yes", then </s>).
+        self.pos_id = self.tokenizer("Yes").input_ids[0]
+        self.neg_id = self.tokenizer("No").input_ids[0]
+
+    @staticmethod
+    def prompt(dimension: str, response: str, context: str) -> str:
+        """UniEval's input text for a dialogue dimension."""
+        text = f"question: {UNIEVAL_QUESTIONS[dimension]} </s> response: {response.strip()}"
+        if dimension in WITH_CONTEXT:
+            text += f" </s> dialogue history: {context}"
+        return text
+
+    def score(self, texts: Sequence[str]) -> list[float]:
+        import torch
+
+        scores: list[float] = [0.0] * len(texts)
+        device = self.model.device
+        start = self.model.config.decoder_start_token_id
+        if start is None:
+            start = self.tokenizer.pad_token_id
+        for batch in _batches(_length_order(self.tokenizer, texts), self.batch_size):
+            encoded = self.tokenizer(
+                [texts[i] for i in batch],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+            ).to(device)
+            decoder_input_ids = torch.full((len(batch), 1), start, device=device)
+            with torch.no_grad():
+                logits = self.model(**encoded, decoder_input_ids=decoder_input_ids).logits
+            probs = torch.softmax(logits[:, 0, :].float(), dim=-1)
+            pos, neg = probs[:, self.pos_id], probs[:, self.neg_id]
+            values = pos / (pos + neg)
+            for row, index in enumerate(batch):
+                scores[index] = float(values[row])
+        return scores
+
+
+@dataclass
+class SequenceClassificationScorer:
+    """A reward model with a sequence-classification head; the first logit is the reward.
+
+    The text follows OpenAssistant's reward-model format,
+    ``<|prompter|>{prompt}<eos><|assistant|>{response}<eos>``, which the paper's RM was trained on.
+    """
+
+    model: Any
+    tokenizer: Any
+    batch_size: int = 8
+    max_length: int = 1024
+
+    def prompt(self, prompt: str, response: str) -> str:
+        eos = self.tokenizer.eos_token or ""
+        return f"<|prompter|>{prompt}{eos}<|assistant|>{response.strip()}{eos}"
+
+    def score(self, texts: Sequence[str]) -> list[float]:
+        import torch
+
+        scores: list[float] = [0.0] * len(texts)
+        device = self.model.device
+        for batch in _batches(_length_order(self.tokenizer, texts), self.batch_size):
+            encoded = self.tokenizer(
+                [texts[i] for i in batch],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                add_special_tokens=False,
+            ).to(device)
+            with torch.no_grad():
+                logits = self.model(**encoded).logits
+            for row, index in enumerate(batch):
+                scores[index] = float(logits[row, 0])
+        return scores
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading.
+
+
+@dataclass(frozen=True)
+class ScorerSettings:
+    """Where scorers come from and how they run (a view of the stage-2 config)."""
+
+    reward_model: str
+    evaluator: str
+    evaluator_kind: str  # "causal" or "unieval"
+    device: str = "cpu"
+    dtype: str = "auto"
+    batch_size: int = 16
+    max_length: int = 512
+    use_chat_template: bool = True
+    trust_remote_code: bool = False
+
+
+class ScorerLoader:
+    """Loads each model once (a causal model used both as reward model and evaluator is shared)."""
+
+    def __init__(self, settings: ScorerSettings) -> None:
+        self.settings = settings
+        self._models: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def _load(self, role: str, setting: str, kind: str) -> tuple[Any, Any]:
+        from refine_af.models import choose_placement, resolve_model_path
+
+        where = f"rl.{role}"
+        try:
+            path = resolve_model_path(setting)
+        except UserError as error:
+            raise UserError(
+                f"cannot load the {role.replace('_', ' ')} ({where}): {error}"
+            ) from error
+        key = (kind, path)
+        if key in self._models:
+            return self._models[key]
+        import transformers
+
+        classes = {
+            "causal": transformers.AutoModelForCausalLM,
+            "seq2seq": transformers.AutoModelForSeq2SeqLM,
+            "classification": transformers.AutoModelForSequenceClassification,
+        }
+        placement = choose_placement(self.settings.device, self.settings.dtype)
+        remote = self.settings.trust_remote_code
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
+            model = classes[kind].from_pretrained(
+                path, dtype=placement.dtype, trust_remote_code=remote, use_safetensors=True
+            )
+        except Exception as error:  # any failure: one line, before training starts
+            raise UserError(
+                f"cannot load the {role.replace('_', ' ')} '{setting}' ({where}, as a {kind} "
+                f"model): {one_line(error)}"
+            ) from error
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if kind == "causal":
+            tokenizer.padding_side = "left"  # the next-token logits are read at the last position
+            tokenizer.truncation_side = "left"  # the question sits at the end
+        else:
+            tokenizer.padding_side = "right"
+        if getattr(model.config, "pad_token_id", None) is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        model = model.to(placement.device).eval()
+        model.requires_grad_(False)
+        self._models[key] = (model, tokenizer)
+        return model, tokenizer
+
+    def reward_model(self) -> Scorer:
+        """The ``reward_model`` scorer: ``causal:<model>`` is a causal LM's Yes/No log-odds."""
+        s = self.settings
+        if s.reward_model.startswith(CAUSAL_PREFIX):
+            model, tokenizer = self._load(
+                "reward_model", s.reward_model[len(CAUSAL_PREFIX) :], "causal"
+            )
+            return CausalYesNoScorer(
+                model, tokenizer, s.batch_size, s.max_length, s.use_chat_template, log_odds=True
+            )
+        model, tokenizer = self._load("reward_model", s.reward_model, "classification")
+        return SequenceClassificationScorer(model, tokenizer, s.batch_size, s.max_length)
+
+    def evaluator(self) -> Scorer:
+        """The UniEval-style evaluator: T5 (``unieval``) or a causal LM (``causal``)."""
+        s = self.settings
+        if s.evaluator_kind == "unieval":
+            model, tokenizer = self._load("evaluator", s.evaluator, "seq2seq")
+            return T5YesNoScorer(model, tokenizer, s.batch_size, s.max_length)
+        model, tokenizer = self._load("evaluator", s.evaluator, "causal")
+        return CausalYesNoScorer(model, tokenizer, s.batch_size, s.max_length, s.use_chat_template)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reward functions.
+
+_TASK_IN_PROMPT = re.compile(r"Task: (.*?)\n\nUse exactly this format", re.DOTALL)
+
+
+def _completion_text(completion: Any) -> str:
+    """A completion as text (TRL passes message lists for conversational datasets)."""
+    if isinstance(completion, list):
+        return "".join(str(m.get("content", "")) for m in completion if isinstance(m, dict))
+    return str(completion)
+
+
+@dataclass
+class ScoredSample:
+    """Everything computed for one completion."""
+
+    instruction: str
+    completion: str
+    instance: ParsedInstance | None
+    components: dict[str, float | None]
+    format_reward: float
+    combined: float
+
+
+class InstanceRewards:
+    """Scores batches of completions once and exposes one TRL reward function per component.
+
+    TRL calls the functions one after another with the same ``prompts``/``completions`` lists;
+    the first call scores every component for the batch (the evaluator's three questions in one
+    batched pass) and the others read the cached result.
+    """
+
+    def __init__(
+        self,
+        reward_model: Scorer | None,
+        evaluator: Scorer | None,
+        weights: Mapping[str, float],
+        intercept: float = PAPER_INTERCEPT,
+        format_penalty: float = 1.0,
+        sample_sink: Callable[[int, list[ScoredSample]], None] | None = None,
+    ) -> None:
+        unknown = set(weights) - set(COMPONENTS)
+        if unknown:
+            raise UserError(f"unknown reward components {sorted(unknown)}: use {list(COMPONENTS)}")
+        self.weights = dict(weights)
+        # Components with weight 0 are neither computed nor logged: they can't move the policy.
+        self.active = [name for name in COMPONENTS if self.weights.get(name, 0.0) != 0.0]
+        if "reward_model" in self.active and reward_model is None:
+            raise UserError("reward_model has a weight but no reward model scorer was given")
+        if any(d in self.active for d in DIMENSIONS) and evaluator is None:
+            raise UserError("an evaluator dimension has a weight but no evaluator was given")
+        self.reward_model_scorer = reward_model
+        self.evaluator_scorer = evaluator
+        self.intercept = intercept
+        self.format_penalty = format_penalty
+        self.sample_sink = sample_sink
+        self._cache_key: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        self._cache: list[ScoredSample] = []
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    def _reward_model_texts(self, samples: list[tuple[str, ParsedInstance]]) -> list[str]:
+        scorer = self.reward_model_scorer
+        texts = []
+        for instruction, instance in samples:
+            context = instance_context(instruction, instance.input)
+            if isinstance(scorer, CausalYesNoScorer):
+                texts.append(
+                    scorer.prompt(CAUSAL_QUESTIONS["reward_model"], instance.output, context)
+                )
+            elif isinstance(scorer, SequenceClassificationScorer):
+                texts.append(scorer.prompt(context, instance.output))
+            else:  # a custom scorer gets the same text a reward model would
+                texts.append(f"{context}\n\n{instance.output}")
+        return texts
+
+    def _evaluator_text(self, dimension: str, instruction: str, instance: ParsedInstance) -> str:
+        scorer = self.evaluator_scorer
+        context = instance_context(instruction, instance.input)
+        if isinstance(scorer, T5YesNoScorer):
+            return scorer.prompt(dimension, instance.output, context)
+        if isinstance(scorer, CausalYesNoScorer):
+            return scorer.prompt(
+                CAUSAL_QUESTIONS[dimension],
+                instance.output,
+                context if dimension in WITH_CONTEXT else None,
+            )
+        return f"{dimension}\n\n{context}\n\n{instance.output}"
+
+    def score_samples(
+        self, instructions: Sequence[str], completions: Sequence[Any]
+    ) -> list[ScoredSample]:
+        """Parse and score a batch; the result is cached for the other reward functions."""
+        texts = [_completion_text(c) for c in completions]
+        key = (tuple(instructions), tuple(texts))
+        if key == self._cache_key:
+            return self._cache
+        instances = [parse_instance(text) for text in texts]
+        parsed = [
+            (i, (instructions[i], inst)) for i, inst in enumerate(instances) if inst is not None
+        ]
+        values: dict[str, list[float | None]] = {name: [None] * len(texts) for name in COMPONENTS}
+        if parsed and "reward_model" in self.active:
+            assert self.reward_model_scorer is not None
+            scores = self.reward_model_scorer.score(
+                self._reward_model_texts([p for _, p in parsed])
+            )
+            for (index, _), score in zip(parsed, scores, strict=True):
+                values["reward_model"][index] = score
+        dimensions = [d for d in DIMENSIONS if d in self.active]
+        if parsed and dimensions:
+            assert self.evaluator_scorer is not None
+            jobs = [(d, index, sample) for d in dimensions for index, sample in parsed]
+            scores = self.evaluator_scorer.score(
+                [self._evaluator_text(d, instr, inst) for d, _, (instr, inst) in jobs]
+            )
+            for (dimension, index, _), score in zip(jobs, scores, strict=True):
+                values[dimension][index] = score
+        samples = []
+        for index, (instruction, text) in enumerate(zip(instructions, texts, strict=True)):
+            components = {name: values[name][index] for name in self.active}
+            format_reward = 0.0 if instances[index] is not None else -self.format_penalty
+            samples.append(
+                ScoredSample(
+                    instruction=instruction,
+                    completion=text,
+                    instance=instances[index],
+                    components=components,
+                    format_reward=format_reward,
+                    combined=combine(components, self.weights, self.intercept, format_reward),
+                )
+            )
+        self._cache_key, self._cache = key, samples
+        return samples
+
+    # -- TRL's interface ----------------------------------------------------------------------
+
+    def _instructions(self, prompts: Sequence[Any], kwargs: Mapping[str, Any]) -> list[str]:
+        """The instruction of each sample: the dataset's column, else read back from the prompt."""
+        column = kwargs.get("instruction")
+        if column is not None:
+            return [str(x) for x in column]
+        found = []
+        for prompt in prompts:
+            match = _TASK_IN_PROMPT.search(_completion_text(prompt))
+            found.append(match.group(1) if match else "")
+        return found
+
+    def _component_function(self, name: str) -> Callable[..., list[float | None]]:
+        def reward(
+            prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
+        ) -> list[float | None]:
+            samples = self.score_samples(self._instructions(prompts, kwargs), completions)
+            return [s.components.get(name) for s in samples]
+
+        reward.__name__ = reward.__qualname__ = name  # TRL logs rewards/<__name__>/mean
+        return reward
+
+    def format_reward(
+        self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
+    ) -> list[float]:
+        """0 for a parseable instance, ``−format_penalty`` otherwise; logs the batch summary."""
+        samples = self.score_samples(self._instructions(prompts, kwargs), completions)
+        log_metric = kwargs.get("log_metric")
+        if log_metric is not None and samples:
+            log_metric("reward_combined", sum(s.combined for s in samples) / len(samples))
+            rate = sum(1 for s in samples if s.instance is None) / len(samples)
+            log_metric("format_penalty_rate", rate)
+        log_extra = kwargs.get("log_extra")
+        if log_extra is not None:
+            log_extra("reward_combined", [s.combined for s in samples])
+        if self.sample_sink is not None:
+            state = kwargs.get("trainer_state")
+            # Rewards are computed before the optimizer step they feed, hence the +1.
+            step = (state.global_step + 1) if state is not None else 0
+            self.sample_sink(step, samples)
+        return [s.format_reward for s in samples]
+
+    def reward_functions(self) -> list[Callable[..., Any]]:
+        """The functions to pass as ``reward_funcs``, in the order of :meth:`reward_weights`."""
+        functions = [self._component_function(name) for name in self.active]
+        fmt = self.format_reward
+
+        # A bound method can't be renamed, so wrap it: TRL logs it as rewards/format/mean.
+        def format_function(
+            prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
+        ) -> list[float]:
+            return fmt(prompts, completions, **kwargs)
+
+        format_function.__name__ = format_function.__qualname__ = FORMAT_REWARD
+        return [*functions, format_function]
+
+    def reward_weights(self) -> list[float]:
+        """TRL's ``reward_weights``: the configured weights, and 1 for the format reward."""
+        return [self.weights[name] for name in self.active] + [1.0]

@@ -1,0 +1,517 @@
+"""Stage 3a: instances for every kept instruction, written by the RL-tuned or the base model.
+
+Two variants share every line of this stage and differ only in the model that writes:
+
+* ``refine_af``: the base model with stage 2's LoRA adapter (``RUN/rl/adapter``) merged in;
+* ``baseline``: the untuned base model (Self-Instruct on the same base model, SPEC section 1).
+
+Both read the same instruction pool (``RUN/instructions/instructions.jsonl``), so the two
+fine-tuned adapters differ only by who wrote the instances. Prompts follow Self-Instruct
+(:func:`refine_af.prompts.instance_generation_prompt`): classification tasks output-first, the
+others input-first; ``prompt_format: rl_policy`` instead asks stage 2's one-instance prompt
+(:mod:`refine_af.instance_format`) ``completions_per_instruction`` times. Candidates pass the
+instance filters (:func:`refine_af.filters.filter_task_instances`) and the decontamination
+against SuperNI's test tasks (:mod:`refine_af.decontamination`): instructions that overlap a test
+task are dropped before any generation, instances that overlap are dropped as ``contaminated``.
+
+Resumability is stage 1's: ``batches.jsonl`` is an append-only log, one line per finished batch
+of instructions (raw completions, every candidate and its drop reason). Batch ``k`` always holds
+the same slice of the instruction list and draws its randomness from ``(seed, k)``, so a resumed
+run equals an uninterrupted one; a kill loses at most the batch in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from tqdm.auto import tqdm
+
+from refine_af.config import ConfigError, fingerprint, help_field, to_dict
+from refine_af.decontamination import Decontaminator, build_decontaminator, file_key
+from refine_af.errors import UserError
+from refine_af.filters import INSTANCE_DROP_REASONS, filter_task_instances
+from refine_af.generation import Completion, GenerationBackend, SamplingParams
+from refine_af.prompts import (
+    INSTANCE_DEMONSTRATION_TEXTS,
+    INSTANCE_STOP,
+    instance_generation_prompt,
+    parse_instances,
+)
+from refine_af.run_dir import RunDirectory, write_json_atomic
+from refine_af.stages.instructions import append_line, read_batch_log
+
+STAGE_DIR = "instances"
+VARIANTS = ("refine_af", "baseline")
+RL_ADAPTER = Path("rl") / "adapter"  # where stage 2 leaves its final adapter
+INSTRUCTIONS_FILE = Path("instructions") / "instructions.jsonl"
+
+
+@dataclass
+class InstanceGenerationConfig:
+    """Stage 3a settings (defaults: Self-Instruct's ``generate_instances.py``)."""
+
+    max_instances_per_instruction: int = help_field(
+        5, "Keep at most this many instances per instruction (Self-Instruct: 5)."
+    )
+    completions_per_instruction: int = help_field(
+        1, "Completions sampled per instruction; each may hold several examples."
+    )
+    prompt_format: Literal["self_instruct", "rl_policy"] = help_field(
+        "self_instruct",
+        "'self_instruct': few-shot, classification output-first, others input-first; "
+        "'rl_policy': stage 2's one-instance prompt (what the RL adapter was trained on).",
+    )
+    instructions_per_batch: int = help_field(32, "Instructions generated for in one logged batch.")
+    generation_batch_size: int = help_field(64, "Sequences per forward pass (transformers).")
+    max_instructions: int | None = help_field(
+        None, "Use only the first N instructions (None: all); raising it later continues."
+    )
+    temperature: float = help_field(0.0, "Sampling temperature; 0 is greedy (Self-Instruct).")
+    top_p: float = help_field(1.0, "Nucleus sampling when temperature > 0.")
+    presence_penalty: float = help_field(
+        1.5, "OpenAI-style presence penalty (Self-Instruct: 1.5; 0 for small models)."
+    )
+    max_new_tokens: int = help_field(300, "Token limit of one completion (Self-Instruct: 300).")
+    use_chat_template: bool = help_field(
+        True, "Wrap prompts in the model's chat template (if it has one)."
+    )
+    decontaminate: bool = help_field(
+        True, "Drop instructions and instances that overlap the SuperNI test tasks."
+    )
+    superni_data: str | None = help_field(
+        None,
+        "SuperNI test data for decontamination (JSONL/JSONL.GZ or task directory); "
+        "default: $REFINEAF_SUPERNI_DATA; none: skipped with a warning.",
+    )
+    decontamination_ngram: int = help_field(
+        8, "Word n-gram size: sharing one n-gram with the test data is contamination."
+    )
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_instances_per_instruction",
+            "completions_per_instruction",
+            "instructions_per_batch",
+            "generation_batch_size",
+            "max_new_tokens",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"generate_instances.{name} must be >= 1")
+        if self.max_instructions is not None and self.max_instructions < 0:
+            raise ConfigError("generate_instances.max_instructions must be >= 0 (or null: all)")
+        if self.temperature < 0 or not 0.0 < self.top_p <= 1.0:
+            raise ConfigError("generate_instances needs temperature >= 0 and top_p in (0, 1]")
+        if self.completions_per_instruction > 1 and self.temperature == 0:
+            raise ConfigError(
+                "generate_instances.completions_per_instruction > 1 needs temperature > 0: "
+                "greedy decoding writes the same completion every time"
+            )
+        if self.decontamination_ngram < 2:
+            raise ConfigError("generate_instances.decontamination_ngram must be >= 2")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs and their fingerprints.
+
+
+def check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise UserError(f"unknown variant '{variant}': use one of {', '.join(VARIANTS)}")
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's content (streams, so large files are fine)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def directory_digest(folder: Path) -> str:
+    """Digest of every file in a directory (an adapter: its weights and config)."""
+    parts = [
+        f"{p.relative_to(folder)}:{file_digest(p)}"
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    ]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def instructions_path(run_dir: RunDirectory) -> Path:
+    path = run_dir.path / INSTRUCTIONS_FILE
+    if not path.is_file():
+        raise UserError(
+            f"{path} does not exist: run stage 1 first (refineaf generate-instructions, or "
+            "refineaf train)"
+        )
+    return path
+
+
+def adapter_for(run_dir: RunDirectory, variant: str) -> Path | None:
+    """The adapter that writes this variant's instances (None: the base model)."""
+    if variant == "baseline":
+        return None
+    adapter = run_dir.path / RL_ADAPTER
+    if not (adapter / "adapter_config.json").is_file():
+        raise UserError(
+            f"{adapter} is not a PEFT adapter: run stage 2 first (refineaf train), or use "
+            "--variant baseline for instances from the untuned model"
+        )
+    return adapter
+
+
+def load_instructions(path: Path) -> list[dict[str, Any]]:
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                records.append(
+                    {
+                        "id": str(record["id"]),
+                        "instruction": str(record["instruction"]),
+                        "is_classification": bool(record.get("is_classification", False)),
+                    }
+                )
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise UserError(f"{path} line {number} is not an instruction record") from error
+    return records
+
+
+def generation_fingerprint(config: Any, run_dir: RunDirectory, variant: str) -> str:
+    """What the instances depend on: settings, model, adapter, instructions, test data.
+
+    Batch sizes of the forward pass and ``max_instructions`` are left out: the first changes no
+    output, raising the second continues the same log.
+    """
+    settings = to_dict(config.generate_instances)
+    for key in ("generation_batch_size", "max_instructions", "superni_data"):
+        settings.pop(key)
+    adapter = adapter_for(run_dir, variant)
+    data_key = None
+    if settings["decontaminate"]:
+        from refine_af.decontamination import find_superni_data
+
+        data = find_superni_data(config.generate_instances.superni_data)
+        data_key = file_key(data) if data is not None else None
+    return fingerprint(
+        settings,
+        config.run.model,
+        config.run.seed,
+        variant,
+        file_digest(instructions_path(run_dir)),
+        directory_digest(adapter) if adapter is not None else None,
+        data_key,
+    )
+
+
+def stage_name(variant: str) -> str:
+    return f"{STAGE_DIR}:{variant}"
+
+
+def stage_fingerprint(config: Any, run_dir: RunDirectory, variant: str) -> str:
+    """The key ``RunDirectory.is_done`` compares (the pipeline skips on a match)."""
+    return fingerprint(
+        generation_fingerprint(config, run_dir, variant),
+        config.generate_instances.max_instructions,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# One batch.
+
+
+def _prompt_and_parser(
+    tokenizer: Any, config: InstanceGenerationConfig
+) -> tuple[Callable[[dict[str, Any]], str], Callable[[dict[str, Any], str], list]]:
+    """How to ask for, and read back, one task's instances in the configured format."""
+    if config.prompt_format == "rl_policy":
+        from refine_af.instance_format import instance_prompt, parse_instance
+
+        def ask(task: dict[str, Any]) -> str:
+            return instance_prompt(tokenizer, task["instruction"], config.use_chat_template)
+
+        def read(task: dict[str, Any], text: str) -> list[tuple[str, str, bool]]:
+            parsed = parse_instance(text)
+            return [] if parsed is None else [(parsed.input, parsed.output, True)]
+
+        return ask, read
+
+    def ask_self_instruct(task: dict[str, Any]) -> str:
+        return instance_generation_prompt(
+            tokenizer, task["instruction"], task["is_classification"], config.use_chat_template
+        )
+
+    def read_self_instruct(task: dict[str, Any], text: str) -> list[tuple[str, str, bool]]:
+        return parse_instances(text, task["is_classification"])
+
+    return ask_self_instruct, read_self_instruct
+
+
+def run_batch(
+    batch_number: int,
+    tasks: list[dict[str, Any]],
+    seed: int,
+    backend: GenerationBackend,
+    tokenizer: Any,
+    config: InstanceGenerationConfig,
+    decontaminator: Decontaminator,
+) -> dict[str, Any]:
+    """Generate, parse and filter the instances of one batch of instructions."""
+    import transformers
+
+    # Both variants use the same per-batch seed: their samples are paired, not independent.
+    rng = random.Random(f"{seed}:instances:{batch_number}")
+    transformers.set_seed(rng.randrange(2**31))
+    ask, read = _prompt_and_parser(tokenizer, config)
+    k = config.completions_per_instruction
+    prompts = [ask(task) for task in tasks for _ in range(k)]
+    # Self-Instruct stops once one example more than needed has started.
+    stops = (*INSTANCE_STOP, f"Example {config.max_instances_per_instruction + 1}")
+    params = SamplingParams(
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        stop=stops,
+        presence_penalty=config.presence_penalty,
+    )
+    completions: list[Completion] = backend.generate(prompts, params)
+    if len(completions) != len(prompts):
+        raise RuntimeError(f"backend returned {len(completions)} completions for {len(prompts)}")
+
+    results = []
+    for index, task in enumerate(tasks):
+        own = completions[index * k : (index + 1) * k]
+        candidates: list[tuple[str, str, bool]] = []
+        unparsed = 0
+        for completion in own:
+            parsed = read(task, completion.text)
+            if not parsed:
+                unparsed += 1
+            # Only the last example of a completion cut by the token limit can be truncated.
+            cut = completion.finish_reason == "length"
+            candidates.extend((inp, out, cut and last) for inp, out, last in parsed)
+        reasons = filter_task_instances(
+            candidates,
+            config.max_instances_per_instruction,
+            decontaminator.instance if decontaminator.available else None,
+            demonstrations=INSTANCE_DEMONSTRATION_TEXTS
+            if config.prompt_format == "self_instruct"
+            else (),
+        )
+        results.append(
+            {
+                "id": task["id"],
+                "completions": [{"text": c.text, "finish_reason": c.finish_reason} for c in own],
+                "unparsed_completions": unparsed,
+                "candidates": [
+                    {"input": inp, "output": out, "reason": reason}
+                    for (inp, out, _), reason in zip(candidates, reasons, strict=True)
+                ],
+            }
+        )
+    return {
+        "batch": batch_number,
+        "instruction_ids": [task["id"] for task in tasks],
+        "new_tokens": sum(c.num_tokens for c in completions),
+        "tasks": results,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage.
+
+
+def kept_instances(
+    batches: list[dict[str, Any]], by_id: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The instances that passed every filter, with their instruction, in generation order."""
+    records = []
+    for batch in batches:
+        for task in batch["tasks"]:
+            instruction = by_id[task["id"]]
+            kept = [c for c in task["candidates"] if c["reason"] is None]
+            for number, candidate in enumerate(kept):
+                records.append(
+                    {
+                        "id": f"{task['id']}-{number}",
+                        "instruction_id": task["id"],
+                        "instruction": instruction["instruction"],
+                        "input": candidate["input"],
+                        "output": candidate["output"],
+                        "is_classification": instruction["is_classification"],
+                    }
+                )
+    return records
+
+
+def summarize(
+    batches: list[dict[str, Any]],
+    variant: str,
+    available: int,
+    contaminated_instructions: int,
+    decontaminator: Decontaminator,
+    config: Any,
+    adapter: Path | None,
+) -> dict[str, Any]:
+    tasks = [task for batch in batches for task in batch["tasks"]]
+    candidates = [c for task in tasks for c in task["candidates"]]
+    reasons = Counter(c["reason"] for c in candidates if c["reason"])
+    kept = sum(1 for c in candidates if c["reason"] is None)
+    with_instances = sum(1 for t in tasks if any(c["reason"] is None for c in t["candidates"]))
+    return {
+        "variant": variant,
+        "model": config.run.model,
+        "adapter": str(adapter) if adapter else None,
+        "prompt_format": config.generate_instances.prompt_format,
+        "instructions": {
+            "available": available,
+            "dropped_contaminated": contaminated_instructions,
+            "processed": len(tasks),
+            "with_instances": with_instances,
+            "without_instances": len(tasks) - with_instances,
+            "dropped_conflicting_outputs": sum(
+                1
+                for t in tasks
+                if any(c["reason"] == "conflicting_outputs" for c in t["candidates"])
+            ),
+        },
+        "completions": sum(len(t["completions"]) for t in tasks),
+        "unparsed_completions": sum(t["unparsed_completions"] for t in tasks),
+        "candidates": len(candidates),
+        "kept": kept,
+        "dropped": {reason: reasons.get(reason, 0) for reason in INSTANCE_DROP_REASONS},
+        "batches": len(batches),
+        "new_tokens": sum(b["new_tokens"] for b in batches),
+        "decontamination": decontaminator.describe(),
+    }
+
+
+def prepare_output(folder: Path, generation_key: str, restart: bool) -> None:
+    """Refuse to extend a log made from other inputs or settings, unless asked to restart."""
+    key_file = folder / "generation_fingerprint"
+    log = folder / "batches.jsonl"
+    if log.is_file() and key_file.is_file() and key_file.read_text().strip() != generation_key:
+        if not restart:
+            raise UserError(
+                f"{folder} holds instances made from other instructions, model or settings: "
+                "pass --restart to set them aside and generate again"
+            )
+        aside = folder.with_name(f"{folder.name}.replaced-{key_file.read_text().strip()}")
+        shutil.rmtree(aside, ignore_errors=True)
+        folder.rename(aside)
+        folder.mkdir(parents=True)
+    key_file.write_text(generation_key + "\n")
+
+
+def run(
+    config: Any,
+    run_dir: RunDirectory,
+    variant: str,
+    restart: bool = False,
+    backend: GenerationBackend | None = None,
+) -> dict[str, Any]:
+    """Write, filter and save the instances of one variant; return the stage summary.
+
+    ``config`` is the whole run config (``RunSettings``). ``backend`` replaces the model-backed
+    generator (tests inject failures through it). Writes ``RUN/instances/<variant>/``:
+    ``batches.jsonl`` (everything generated), ``instances.jsonl`` (kept) and ``summary.json``.
+    """
+    from refine_af.models import load_tokenizer, resolve_model_path
+
+    check_variant(variant)
+    stage_config: InstanceGenerationConfig = config.generate_instances
+    adapter = adapter_for(run_dir, variant)
+    instructions = load_instructions(instructions_path(run_dir))
+    generation_key = generation_fingerprint(config, run_dir, variant)
+    folder = run_dir.path / STAGE_DIR / variant
+    folder.mkdir(parents=True, exist_ok=True)
+    prepare_output(folder, generation_key, restart)
+    stage_key = fingerprint(generation_key, stage_config.max_instructions)
+
+    with run_dir.stage(stage_name(variant), stage_key) as summary:
+        decontaminator = build_decontaminator(
+            stage_config.decontaminate,
+            stage_config.superni_data,
+            n=stage_config.decontamination_ngram,
+        )
+        clean = [t for t in instructions if not decontaminator.instruction(t["instruction"])]
+        contaminated = len(instructions) - len(clean)
+        if stage_config.max_instructions is not None:
+            clean = clean[: stage_config.max_instructions]
+        by_id = {task["id"]: task for task in instructions}
+
+        log_path = folder / "batches.jsonl"
+        batches = read_batch_log(log_path)
+        done = sum(len(b["instruction_ids"]) for b in batches)
+        size = stage_config.instructions_per_batch
+        progress = tqdm(
+            total=len(clean),
+            initial=min(done, len(clean)),
+            unit="instr",
+            desc=f"instances ({variant})",
+            dynamic_ncols=True,
+        )
+        if done < len(clean):
+            model_path = resolve_model_path(config.run.model)
+            tokenizer = load_tokenizer(model_path, config.run.trust_remote_code)
+            if backend is None:
+                from refine_af.generation import make_backend
+
+                backend = make_backend(
+                    config.run.generation_backend,
+                    model_path,
+                    device=config.run.device,
+                    dtype=config.run.dtype,
+                    seed=config.run.seed,
+                    batch_size=stage_config.generation_batch_size,
+                    adapter=str(adapter) if adapter is not None else None,
+                    trust_remote_code=config.run.trust_remote_code,
+                )
+            while done < len(clean):
+                batch_number = len(batches)
+                # Batch k always covers the same slice, so a resumed run redoes nothing.
+                tasks = clean[batch_number * size : (batch_number + 1) * size]
+                record = run_batch(
+                    batch_number,
+                    tasks,
+                    config.run.seed,
+                    backend,
+                    tokenizer,
+                    stage_config,
+                    decontaminator,
+                )
+                append_line(log_path, record)
+                batches.append(record)
+                done += len(tasks)
+                progress.update(len(tasks))
+                progress.set_postfix(kept=len(kept_instances(batches, by_id)))
+        progress.close()
+
+        # Only the batches inside the current limit count (a lowered max_instructions).
+        wanted = {task["id"] for task in clean}
+        batches = [{**b, "tasks": [t for t in b["tasks"] if t["id"] in wanted]} for b in batches]
+        records = kept_instances(batches, by_id)
+        partial = folder / "instances.jsonl.partial"
+        with partial.open("w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(partial, folder / "instances.jsonl")
+        result = summarize(
+            batches, variant, len(instructions), contaminated, decontaminator, config, adapter
+        )
+        write_json_atomic(folder / "summary.json", result)
+        summary.update(result)
+    return result

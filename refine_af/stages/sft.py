@@ -1,0 +1,318 @@
+"""Stage 3b: LoRA fine-tuning of the base model on one variant's instances (TRL + PEFT).
+
+Every kept instance becomes a prompt-completion pair written by
+:func:`refine_af.prompts.training_prompt` / :func:`refine_af.prompts.training_completion`
+(Self-Instruct's format, ``"{instruction}\\nInput: {input}\\nOutput:"`` → ``" {output}"``), and
+TRL's ``SFTTrainer`` computes the loss on the completion tokens only (``completion_only_loss``:
+the prompt tokens get label -100). The prompt is plain text, not the chat template, because the
+SuperNI evaluation prompt is plain text too and ends the same way (``Input: ...\\nOutput:``): the
+model learns to answer right after ``Output:`` and to stop with the EOS token that TRL appends.
+
+Outputs in ``RUN/sft/<variant>/``::
+
+    checkpoints/checkpoint-N/   trainer checkpoints (an interrupted run resumes from the last)
+    adapter/                    the PEFT adapter: adapter_config.json + adapter_model.safetensors
+                                (lm_eval --model hf --model_args pretrained=BASE,peft=adapter)
+    merged/                     the adapter merged into the base model (with sft.merge=true)
+    metrics.jsonl               the trainer's log (loss, learning rate, ...) per logging step
+    summary.json                what the stage reports
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from refine_af.config import ConfigError, fingerprint, help_field, to_dict
+from refine_af.errors import UserError
+from refine_af.prompts import training_completion, training_prompt
+from refine_af.run_dir import RunDirectory, write_json_atomic
+from refine_af.stages.instances import STAGE_DIR as INSTANCES_DIR
+from refine_af.stages.instances import check_variant, file_digest
+
+STAGE_DIR = "sft"
+# Settings that change neither the data nor the optimisation: no reason to retrain.
+NON_TRAINING_SETTINGS = ("merge", "logging_steps", "save_steps", "save_total_limit")
+
+
+@dataclass
+class SFTConfig:
+    """Stage 3b settings (LoRA on the attention projections by default)."""
+
+    num_epochs: float = help_field(2.0, "Training epochs over the instances.")
+    max_steps: int = help_field(-1, "Stop after this many optimizer steps (-1: use num_epochs).")
+    learning_rate: float = help_field(2e-4, "Peak learning rate (LoRA takes larger ones).")
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = help_field(
+        "linear", "Learning-rate schedule."
+    )
+    warmup_steps: int = help_field(0, "Linear warm-up steps.")
+    weight_decay: float = help_field(0.0, "AdamW weight decay.")
+    per_device_batch_size: int = help_field(8, "Examples per device per micro-batch.")
+    gradient_accumulation_steps: int = help_field(1, "Micro-batches per optimizer step.")
+    max_length: int = help_field(256, "Tokens per example (prompt + completion); longer: cut.")
+    lora_r: int = help_field(8, "LoRA rank.")
+    lora_alpha: int = help_field(16, "LoRA scaling numerator (alpha / r scales the update).")
+    lora_dropout: float = help_field(0.05, "Dropout on the LoRA input.")
+    target_modules: list[str] = help_field(  # noqa: RUF009 - help_field is field()
+        ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "Module names that get LoRA adapters; ['all-linear'] adapts every linear layer.",
+    )
+    gradient_checkpointing: bool = help_field(
+        False, "Trade compute for memory (useful for 7B models on a GPU)."
+    )
+    bf16: bool | None = help_field(None, "bfloat16 mixed precision; None: on when run.dtype is.")
+    max_train_instances: int | None = help_field(
+        None, "Train on at most the first N instances (None: all)."
+    )
+    logging_steps: int = help_field(5, "Log loss every N steps (metrics.jsonl).")
+    save_steps: int = help_field(50, "Checkpoint every N steps (an interrupted run resumes).")
+    save_total_limit: int = help_field(2, "Keep at most this many checkpoints.")
+    merge: bool = help_field(False, "Also save the adapter merged into a full model (merged/).")
+
+    def __post_init__(self) -> None:
+        if self.num_epochs <= 0 and self.max_steps <= 0:
+            raise ConfigError("sft needs num_epochs > 0 or max_steps > 0")
+        for name in (
+            "per_device_batch_size",
+            "gradient_accumulation_steps",
+            "max_length",
+            "lora_r",
+            "lora_alpha",
+            "logging_steps",
+            "save_steps",
+            "save_total_limit",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"sft.{name} must be >= 1")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"sft.learning_rate must be > 0, got {self.learning_rate}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError("sft.lora_dropout must be in [0, 1)")
+        if not self.target_modules:
+            raise ConfigError("sft.target_modules is empty: name the modules to adapt")
+        if self.max_train_instances is not None and self.max_train_instances < 1:
+            raise ConfigError("sft.max_train_instances must be >= 1 (or null: all)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data.
+
+
+def instances_path(run_dir: RunDirectory, variant: str) -> Path:
+    path = run_dir.path / INSTANCES_DIR / variant / "instances.jsonl"
+    if not path.is_file():
+        raise UserError(
+            f"{path} does not exist: run 'refineaf generate-instances --variant {variant}' first"
+        )
+    return path
+
+
+def training_examples(path: Path, limit: int | None = None) -> list[dict[str, str]]:
+    """Prompt-completion pairs in the one fine-tuning format (refine_af.prompts)."""
+    examples = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                examples.append(
+                    {
+                        "prompt": training_prompt(record["instruction"], record.get("input", "")),
+                        "completion": training_completion(record["output"]),
+                    }
+                )
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise UserError(f"{path} line {number} is not an instance record") from error
+    if limit is not None:
+        examples = examples[:limit]
+    if not examples:
+        raise UserError(
+            f"{path} holds no instances: every generated instance was filtered out; see the "
+            "summary.json beside it for the reasons"
+        )
+    return examples
+
+
+def stage_name(variant: str) -> str:
+    return f"{STAGE_DIR}:{variant}"
+
+
+def stage_fingerprint(config: Any, run_dir: RunDirectory, variant: str) -> str:
+    """What the adapter depends on: training settings, base model, seed and the instances."""
+    settings = to_dict(config.sft)
+    for name in NON_TRAINING_SETTINGS:
+        settings.pop(name)
+    return fingerprint(
+        settings,
+        config.run.model,
+        config.run.seed,
+        config.run.dtype,
+        file_digest(instances_path(run_dir, variant)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer.
+
+
+def lora_config(settings: SFTConfig) -> Any:
+    from peft import LoraConfig
+
+    targets: Any = settings.target_modules
+    if targets == ["all-linear"]:
+        targets = "all-linear"
+    return LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def build_trainer(
+    config: Any,
+    examples: list[dict[str, str]],
+    output_dir: Path,
+    model_path: str | None = None,
+) -> Any:
+    """A TRL ``SFTTrainer`` over the examples with a fresh LoRA adapter on the base model."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig as TRLSFTConfig
+    from trl import SFTTrainer
+
+    from refine_af.models import choose_placement, load_causal_lm, load_tokenizer
+    from refine_af.models import resolve_model_path as resolve
+
+    settings: SFTConfig = config.sft
+    model_path = model_path or resolve(config.run.model)
+    placement = choose_placement(config.run.device, config.run.dtype)
+    tokenizer = load_tokenizer(model_path, config.run.trust_remote_code)
+    model = load_causal_lm(model_path, placement, config.run.trust_remote_code)
+    bf16 = settings.bf16 if settings.bf16 is not None else placement.dtype == torch.bfloat16
+    arguments = TRLSFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=settings.num_epochs,
+        max_steps=settings.max_steps,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.lr_scheduler_type,
+        warmup_steps=settings.warmup_steps,
+        weight_decay=settings.weight_decay,
+        per_device_train_batch_size=settings.per_device_batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        max_length=settings.max_length,
+        completion_only_loss=True,
+        packing=False,
+        bf16=bf16,
+        fp16=False,
+        use_cpu=placement.device == "cpu",
+        logging_steps=settings.logging_steps,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=settings.save_total_limit,
+        seed=config.run.seed,
+        data_seed=config.run.seed,
+        report_to="none",
+        dataloader_num_workers=0,
+    )
+    return SFTTrainer(
+        model=model,
+        args=arguments,
+        train_dataset=Dataset.from_list(examples),
+        processing_class=tokenizer,
+        peft_config=lora_config(settings),
+    )
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint (one with trainer state), or None."""
+    candidates = (
+        [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+        if folder.is_dir()
+        else []
+    )
+    return max(candidates, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def save_adapter(trainer: Any, target: Path) -> None:
+    """Save the PEFT adapter (safetensors) and tokenizer; atomic so a kill leaves no half."""
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    trainer.model.save_pretrained(str(partial), safe_serialization=True)
+    trainer.processing_class.save_pretrained(str(partial))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage.
+
+
+def run(config: Any, run_dir: RunDirectory, variant: str, restart: bool = False) -> dict[str, Any]:
+    """Fine-tune a LoRA adapter on one variant's instances; return the stage summary.
+
+    Skipped when the adapter was already trained from the same instances and settings (unless
+    ``restart``). Checkpoints of other inputs or settings are removed: they can't be resumed
+    and are cheap to redo compared to training on stale data.
+    """
+    from refine_af.models import merge_adapter, resolve_model_path
+
+    check_variant(variant)
+    settings: SFTConfig = config.sft
+    source = instances_path(run_dir, variant)
+    key = stage_fingerprint(config, run_dir, variant)
+    folder = run_dir.path / STAGE_DIR / variant
+    checkpoints, adapter = folder / "checkpoints", folder / "adapter"
+    base_path = resolve_model_path(config.run.model)
+
+    if not restart and run_dir.is_done(stage_name(variant), key) and adapter.is_dir():
+        summary = json.loads((folder / "summary.json").read_text())
+        if settings.merge and not (folder / "merged" / "config.json").is_file():
+            merge_adapter(base_path, adapter, folder / "merged")
+            summary["merged"] = str(folder / "merged")
+        return {**summary, "skipped": True}
+
+    folder.mkdir(parents=True, exist_ok=True)
+    key_file = folder / "fingerprint"
+    if restart or (key_file.is_file() and key_file.read_text().strip() != key):
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    key_file.write_text(key + "\n")
+
+    with run_dir.stage(stage_name(variant), key) as summary:
+        examples = training_examples(source, settings.max_train_instances)
+        trainer = build_trainer(config, examples, checkpoints, base_path)
+        resume_from = last_checkpoint(checkpoints)
+        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        save_adapter(trainer, adapter)
+
+        with (folder / "metrics.jsonl").open("w", encoding="utf-8") as handle:
+            for entry in trainer.state.log_history:
+                handle.write(json.dumps(entry) + "\n")
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        result: dict[str, Any] = {
+            "variant": variant,
+            "base_model": base_path,
+            "adapter": str(adapter),
+            "examples": len(examples),
+            "steps": trainer.state.global_step,
+            "epochs": round(float(trainer.state.epoch or 0.0), 3),
+            "train_loss": round(float(output.training_loss), 4),
+            "first_logged_loss": round(losses[0], 4) if losses else None,
+            "last_logged_loss": round(losses[-1], 4) if losses else None,
+            "resumed_from": resume_from.name if resume_from else None,
+            "train_seconds": round(float(output.metrics.get("train_runtime", 0.0)), 1),
+        }
+        if settings.merge:
+            shutil.rmtree(folder / "merged", ignore_errors=True)  # it holds the old adapter
+            result["merged"] = str(merge_adapter(base_path, adapter, folder / "merged"))
+        write_json_atomic(folder / "summary.json", result)
+        summary.update(result)
+    return result

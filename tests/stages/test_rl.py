@@ -1,0 +1,216 @@
+"""Stage 2 on a tiny random Llama: config checks, trainer steps that move the adapter, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from refine_af.config import ConfigError
+from refine_af.errors import UserError
+from refine_af.instance_format import ParsedInstance
+from refine_af.run_config import load_config
+from refine_af.run_dir import RunDirectory
+from refine_af.stages import rl
+
+INSTRUCTIONS = [
+    "Write a short greeting.",
+    "Name a fruit.",
+    "Give an antonym of the word.",
+    "Classify the sentiment of the sentence.",
+]
+
+
+def make_config(run_path: Path, model_dir: Path, *overrides: str):
+    return load_config(
+        "default",
+        [
+            f"run.output_dir={run_path}",
+            f"run.model={model_dir}",
+            "run.device=cpu",
+            f"rl.reward_model=causal:{model_dir}",
+            f"rl.evaluator={model_dir}",
+            "rl.num_steps=1",
+            "rl.per_device_batch_size=4",
+            "rl.num_generations=2",
+            "rl.max_completion_length=8",
+            "rl.save_steps=1",
+            "rl.learning_rate=0.01",
+            "rl.lora_r=4",
+            "rl.lora_alpha=8",
+            *overrides,
+        ],
+    )
+
+
+def write_instructions(run_path: Path) -> None:
+    folder = run_path / "instructions"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [
+        json.dumps(
+            {
+                "id": f"gen_{i:06d}",
+                "instruction": text,
+                "is_classification": False,
+                "provenance": {},
+            }
+        )
+        for i, text in enumerate(INSTRUCTIONS)
+    ]
+    (folder / "instructions.jsonl").write_text("\n".join(lines) + "\n")
+
+
+class LengthScorer:
+    """A stand-in scorer with spread: longer texts score higher (so advantages are non-zero)."""
+
+    def score(self, texts):
+        return [min(len(t), 400) / 400 for t in texts]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("rl.num_generations=1", "num_generations must be >= 2"),
+        ("rl.per_device_batch_size=6", "multiple of rl.num_generations"),
+        ("rl.reward_weights={fluency: 1.0}", "unknown components"),
+        ("rl.trainer=ppo", "rl.trainer must be one of"),
+        ("rl.reward_model='causal:'", "needs a model"),
+    ],
+)
+def test_config_errors_say_how_to_fix(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("default", [f"run.output_dir={tmp_path}", override])
+
+
+def test_missing_instructions_is_a_user_error(tmp_path, tiny_model_dir):
+    config = make_config(tmp_path, tiny_model_dir)
+    with pytest.raises(UserError, match="run generate-instructions first"):
+        rl.run(config, RunDirectory(tmp_path))
+
+
+def test_unloadable_scorer_fails_before_training(tmp_path, tiny_model_dir):
+    from click.testing import CliRunner
+
+    from refine_af.cli import cli
+
+    write_instructions(tmp_path)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "rl",
+            f"run.output_dir={tmp_path}",
+            f"run.model={tiny_model_dir}",
+            "run.device=cpu",
+            f"rl.reward_model={tmp_path / 'no-such-reward-model'}",
+            f"rl.evaluator={tiny_model_dir}",
+        ],
+    )
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "cannot load the reward model" in lines[0], result.output
+    assert not (tmp_path / "rl" / "checkpoints").exists()
+
+
+def test_train_steps_move_the_adapter_and_resume(tmp_path, tiny_model_dir, monkeypatch):
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from refine_af import rewards
+
+    # A random 2-layer model never writes "Output:"; accept any non-empty text as the output so
+    # the stand-in scorers see varied instances and the group advantages are non-zero.
+    monkeypatch.setattr(
+        rewards, "parse_instance", lambda text: ParsedInstance("", text) if text.strip() else None
+    )
+    built = []
+    original = rl.build_trainer
+
+    def capture(*args, **kwargs):
+        built.append(original(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(rl, "build_trainer", capture)
+    write_instructions(tmp_path)
+    run_dir = RunDirectory(tmp_path)
+    scorers = (LengthScorer(), LengthScorer())
+
+    summary = rl.run(make_config(tmp_path, tiny_model_dir), run_dir, scorers=scorers)
+    trainer = built[0]
+    # Reference = the same weights with the adapter switched off: no second model is loaded.
+    assert trainer.beta > 0 and trainer.ref_model is None
+    assert summary["steps"] == 1
+
+    folder = tmp_path / "rl"
+    adapter = folder / "adapter"
+    assert (adapter / "adapter_config.json").is_file()
+    weights = load_file(adapter / "adapter_model.safetensors")
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and any(float(v.abs().max()) > 0 for v in lora_b)  # LoRA B starts at zero
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        before = base(ids).logits.clone()
+        after = PeftModel.from_pretrained(base, adapter)(ids).logits
+    assert not torch.allclose(before, after)
+
+    metrics = rl.read_jsonl(folder / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1]
+    for key in (
+        "reward_model",
+        "understandability",
+        "naturalness",
+        "coherence",
+        "reward_combined",
+        "format_penalty_rate",
+        "kl",
+        "loss",
+    ):
+        assert key in metrics[0], key
+    assert (folder / "rewards.png").stat().st_size > 0
+    assert {r["step"] for r in rl.read_jsonl(folder / "samples.jsonl")} == {1}
+    assert run_dir.stage_status("rl")["state"] == "done"
+
+    # Same settings again: already done, nothing retrained.
+    assert rl.run(make_config(tmp_path, tiny_model_dir), run_dir, scorers=scorers)["skipped"]
+    # More steps without --resume: refused, with the way out in the message.
+    longer = make_config(tmp_path, tiny_model_dir, "rl.num_steps=2")
+    with pytest.raises(UserError, match="pass --resume"):
+        rl.run(longer, run_dir, scorers=scorers)
+    # With --resume: continues from checkpoint-1 and logs step 2 only once.
+    resumed = rl.run(longer, run_dir, resume=True, scorers=scorers)
+    assert resumed["resumed_from"] == "checkpoint-1" and resumed["steps"] == 2
+    assert [m["step"] for m in rl.read_jsonl(folder / "metrics.jsonl")] == [1, 2]
+    assert {r["step"] for r in rl.read_jsonl(folder / "samples.jsonl")} == {1, 2}
+    # Changing what the checkpoints mean is refused on --resume.
+    other = make_config(tmp_path, tiny_model_dir, "rl.num_steps=3", "rl.beta=0.5")
+    with pytest.raises(UserError, match="other settings"):
+        rl.run(other, run_dir, resume=True, scorers=scorers)
+
+
+def test_metrics_record_and_summary():
+    logs = {
+        "loss": 0.1,
+        "reward": 0.2,
+        "kl": 0.01,
+        "rewards/coherence/mean": 0.7,
+        "rewards/format/mean": -0.5,
+        "reward_combined": 0.15,
+        "format_penalty_rate": 0.5,
+    }
+    record = rl.metrics_record(3, logs)
+    assert record == {
+        "step": 3,
+        "coherence": 0.7,
+        "format": -0.5,
+        "reward_combined": 0.15,
+        "reward_weighted": 0.2,
+        "format_penalty_rate": 0.5,
+        "kl": 0.01,
+        "loss": 0.1,
+    }
+    assert rl.metrics_record(3, {"train_runtime": 1.0}) is None
+    records = [{"step": i, "reward_combined": float(i)} for i in range(1, 11)]
+    assert rl.summarize(records)["reward_combined"] == {"first": 3.0, "last": 8.0}

@@ -1,0 +1,102 @@
+"""Stage 3b: completion-only loss, a training step that moves the adapter, PEFT reload."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from refine_af.prompts import training_completion, training_prompt
+from refine_af.run_config import load_config
+from refine_af.run_dir import RunDirectory
+from refine_af.stages import sft
+
+
+def make_instances(run: Path, n: int = 6) -> None:
+    folder = run / "instances" / "baseline"
+    folder.mkdir(parents=True)
+    with (folder / "instances.jsonl").open("w") as handle:
+        for i in range(n):
+            record = {
+                "id": f"gen_{i}-0",
+                "instruction_id": f"gen_{i}",
+                "instruction": f"Add one to the number {i}.",
+                "input": str(i) if i else "",
+                "output": str(i + 1),
+                "is_classification": False,
+            }
+            handle.write(json.dumps(record) + "\n")
+
+
+def tiny_config(run: Path, model: Path, *overrides: str):
+    return load_config(
+        "default",
+        [
+            f"run.output_dir={run}",
+            f"run.model={model}",
+            "sft.max_steps=2",
+            "sft.per_device_batch_size=4",
+            "sft.learning_rate=0.01",
+            "sft.logging_steps=1",
+            "sft.max_length=64",
+            *overrides,
+        ],
+    )
+
+
+def test_training_format() -> None:
+    assert training_prompt("Sum them.", "1 2") == "Sum them.\nInput: 1 2\nOutput:"
+    assert training_prompt("Say hi.", " ") == "Say hi.\nOutput:"
+    assert training_completion(" 3 ") == " 3"
+
+
+def test_prompt_tokens_are_masked(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    make_instances(tmp_path)
+    config = tiny_config(tmp_path, tiny_model_dir)
+    examples = sft.training_examples(tmp_path / "instances/baseline/instances.jsonl")
+    trainer = sft.build_trainer(config, examples, tmp_path / "ckpt", str(tiny_model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    row = trainer.train_dataset[1]
+    prompt_ids = tokenizer(examples[1]["prompt"], add_special_tokens=False)["input_ids"]
+    labels = row["labels"]
+    assert labels[: len(prompt_ids)] == [-100] * len(prompt_ids)
+    completion = [t for t in labels if t != -100]
+    assert tokenizer.decode(completion) == examples[1]["completion"] + tokenizer.eos_token
+
+
+def test_sft_trains_saves_and_reloads(tmp_path: Path, tiny_model_dir: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    make_instances(tmp_path)
+    config = tiny_config(tmp_path, tiny_model_dir, "sft.merge=true")
+    run_dir = RunDirectory(tmp_path)
+    summary = sft.run(config, run_dir, "baseline")
+    adapter = tmp_path / "sft/baseline/adapter"
+    assert summary["steps"] == 2 and (adapter / "adapter_config.json").is_file()
+    weights = load_file(adapter / "adapter_model.safetensors")
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: it moved
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = PeftModel.from_pretrained(base, str(adapter))
+    assert any("lora_" in name for name, _ in model.named_parameters())
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "sft/baseline/merged")
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, merged(ids).logits, atol=1e-4, rtol=1e-4)
+    # Same instances and settings: skipped; changed settings: retrained.
+    assert sft.run(config, run_dir, "baseline")["skipped"] is True
+    changed = tiny_config(tmp_path, tiny_model_dir, "sft.max_steps=1")
+    assert sft.run(changed, run_dir, "baseline")["steps"] == 1
+
+
+def test_missing_instances_is_a_user_error(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from refine_af.errors import UserError
+
+    with pytest.raises(UserError, match="generate-instances"):
+        sft.run(tiny_config(tmp_path, tiny_model_dir), RunDirectory(tmp_path), "baseline")

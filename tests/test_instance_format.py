@@ -1,0 +1,91 @@
+"""The policy's instance format: prompt shape and the lenient-but-safe parser."""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refine_af.instance_format import (
+    EMPTY_INPUT_WORDS,
+    ParsedInstance,
+    format_instance,
+    instance_prompt,
+    parse_instance,
+)
+
+
+def test_prompt_ends_with_prefilled_input_marker(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    prompt = instance_prompt(tokenizer, "  Write a   haiku\nabout rain. ", use_chat_template=True)
+    assert prompt.endswith("<|im_start|>assistant\nInput:")
+    assert "Task: Write a haiku about rain.\n" in prompt
+    plain = instance_prompt(tokenizer, "Add two numbers.", use_chat_template=False)
+    assert "<|im_start|>" not in plain and plain.endswith("\nInput:")
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        (" 2 and 3\nOutput: 5", ParsedInstance("2 and 3", "5")),
+        (" None\nOutput: A haiku.", ParsedInstance("", "A haiku.")),
+        (" N/A.\noutput: yes", ParsedInstance("", "yes")),
+        ("\n\nOutput:\nThe answer<|im_end|>", ParsedInstance("", "The answer")),
+        (" x\n**Output:** y\nInput: another\nOutput: z", ParsedInstance("x", "y")),
+        ("Input: cat\nOutput: animal", ParsedInstance("cat", "animal")),
+        (" text Output: label", ParsedInstance("text", "label")),
+        (" a\nOutput: b\n\nTask: next one", ParsedInstance("a", "b")),
+    ],
+)
+def test_parses_what_small_models_write(completion, expected):
+    assert parse_instance(completion) == expected
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "",
+        "   ",
+        " just some text without the marker",
+        " input only\nOutput:   ",
+        " input\nOutput: <|im_end|>",
+        " <the input, or None>\nOutput: 5",
+        " 3\nOutput: <the correct output>",
+        " a<|im_end|><|im_start|>user\nOutput: b",
+        "Output",
+    ],
+)
+def test_unusable_completions_are_none(completion):
+    assert parse_instance(completion) is None
+
+
+def test_non_string_is_none():
+    assert parse_instance(None) is None  # type: ignore[arg-type]
+
+
+_field_text = st.text(alphabet=string.ascii_letters + string.digits + " ,.!?'-", min_size=1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_field_text, _field_text)
+def test_round_trip(input_text, output):
+    """What format_instance writes, parse_instance reads back (for plain field text)."""
+    input_text, output = input_text.strip(" *_"), output.strip(" *_")
+    if not output or "output" in input_text.lower() or "output" in output.lower():
+        return
+    parsed = parse_instance(format_instance(ParsedInstance(input_text, output)))
+    assert parsed is not None
+    assert parsed.output == output
+    if input_text.lower().strip(" .()[]<>\"'") not in EMPTY_INPUT_WORDS:
+        assert parsed.input == input_text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_never_raises_and_output_never_empty(text):
+    parsed = parse_instance(text)
+    assert parsed is None or parsed.output.strip() != ""
