@@ -58,7 +58,11 @@ def parse_numbered_instructions(completion: str) -> list[tuple[str, bool]]:
     for line in completion.split("\n"):
         match = _NUMBERED_LINE.match(line)
         if match:
-            items.append([match.group(1)])
+            # "10. 2. Do X": a model that restarts a list inside an item; keep only the task.
+            text = match.group(1)
+            while nested := _NUMBERED_LINE.match(text):
+                text = nested.group(1)
+            items.append([text])
         else:
             items[-1].append(line)
     texts = [" ".join(" ".join(parts).split()) for parts in items]

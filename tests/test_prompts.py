@@ -55,6 +55,10 @@ def test_parse_joins_continuation_lines_and_skips_empty_items() -> None:
         ("Write a haiku about autumn.", False),
         ("Count the vowels.", True),
     ]
+    assert parse_numbered_instructions(" A\n10. 2. Identify the verb here.") == [
+        ("A", False),
+        ("Identify the verb here.", True),
+    ]
     assert parse_numbered_instructions("") == []
     assert parse_numbered_instructions("   \n  ") == []
 
