@@ -71,49 +71,254 @@ def presence_penalty_processor(penalty: float, prompt_length: int) -> Any:
 
 
 class TransformersBackend:
-    """Batched ``generate`` with left padding, prompts grouped by length to waste less padding."""
+    """Batched generation with a KV cache, on any transformers causal LM.
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 64) -> None:
+    The default path (``fast=True``) is a hand-written decode loop rather than ``model.generate``,
+    because ``generate`` keeps every row of a batch in every forward pass until the *last* row is
+    done. With the ``"\\n\\n"`` stop of stage 1 most rows end long before the slowest one, so
+    ``generate`` spends most of its time on rows whose output is already thrown away. The loop here:
+
+    * drops a row from the batch (and from the KV cache) as soon as it emits EOS, a stop string or
+      its last allowed token, so each step costs only the rows still running;
+    * pre-fills prompts in groups of similar length (prompts sorted longest first, a group ends
+      when padding would exceed ``max_prefill_padding`` of its tokens or ``prefill_tokens``), so
+      the prefill (a large share of the compute for 150-300 token prompts) wastes little on padding,
+      then joins the groups' caches, left-padded, into one batch for decoding;
+    * asks for the logits of the last position only (``logits_to_keep=1``) and keeps the
+      presence-penalty mask incrementally instead of rebuilding it from all ids every step.
+
+    Semantics are ``generate``'s: the same position ids (cumsum of the attention mask), the same
+    logits pipeline (presence penalty, then temperature, top-k from the model's generation config
+    or transformers' default 50, top-p), ``torch.multinomial`` sampling / ``argmax`` for greedy,
+    stop on any of the generation config's EOS ids. Greedy output equals ``generate``'s (tested).
+    Seeded sampling is reproducible; it draws differently from ``generate`` once a row has ended
+    (``generate`` keeps sampling the finished rows). ``fast=False`` calls ``model.generate``.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        batch_size: int = 64,
+        *,
+        fast: bool = True,
+        prefill_tokens: int = 8192,
+        max_prefill_padding: float = 0.1,
+    ) -> None:
         if batch_size < 1:
             raise UserError(f"generation batch size must be >= 1, got {batch_size}")
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.fast = fast
+        self.prefill_tokens = prefill_tokens
+        self.max_prefill_padding = max_prefill_padding
 
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[Completion]:
         import torch
 
-        lengths = [len(ids) for ids in self.tokenizer(list(prompts))["input_ids"]]
-        order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+        all_ids = self.tokenizer(list(prompts))["input_ids"]
+        order = sorted(range(len(prompts)), key=lambda i: -len(all_ids[i]))
         results: list[Completion | None] = [None] * len(prompts)
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            encoded = self.tokenizer(
-                [prompts[i] for i in batch], return_tensors="pt", padding=True
-            ).to(self.model.device)
-            sampling: dict[str, Any] = (
-                {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
-                if params.temperature > 0
-                else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-            )
-            if params.presence_penalty:
-                prompt_length = encoded["input_ids"].shape[1]
-                sampling["logits_processor"] = [
-                    presence_penalty_processor(params.presence_penalty, prompt_length)
-                ]
             with torch.inference_mode():
-                output = self.model.generate(
-                    **encoded,
-                    max_new_tokens=params.max_new_tokens,
-                    stop_strings=list(params.stop) or None,
-                    tokenizer=self.tokenizer,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                    **sampling,
-                )
-            new_tokens = output[:, encoded["input_ids"].shape[1] :]
+                if self.fast:
+                    new_tokens = self._decode_loop([all_ids[i] for i in batch], params)
+                else:
+                    new_tokens = self._reference_generate([prompts[i] for i in batch], params)
             for row, index in enumerate(batch):
-                results[index] = self._completion(new_tokens[row].tolist(), params)
+                results[index] = self._completion(new_tokens[row], params)
         return [r for r in results if r is not None]
+
+    # -- the reference path: plain ``model.generate`` ------------------------------------------
+
+    def _reference_generate(self, prompts: list[str], params: SamplingParams) -> list[list[int]]:
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.model.device)
+        sampling: dict[str, Any] = (
+            {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+            if params.temperature > 0
+            else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        )
+        if params.presence_penalty:
+            prompt_length = encoded["input_ids"].shape[1]
+            sampling["logits_processor"] = [
+                presence_penalty_processor(params.presence_penalty, prompt_length)
+            ]
+        output = self.model.generate(
+            **encoded,
+            max_new_tokens=params.max_new_tokens,
+            stop_strings=list(params.stop) or None,
+            tokenizer=self.tokenizer,
+            pad_token_id=self.tokenizer.pad_token_id,
+            **sampling,
+        )
+        return output[:, encoded["input_ids"].shape[1] :].tolist()
+
+    # -- the fast path ---------------------------------------------------------------------------
+
+    def _eos_ids(self) -> set[int]:
+        config = getattr(self.model, "generation_config", None)
+        eos = getattr(config, "eos_token_id", None)
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        if eos is None:
+            return set()
+        return {int(e) for e in eos} if isinstance(eos, (list, tuple)) else {int(eos)}
+
+    def _warpers(self, params: SamplingParams) -> list[Any]:
+        """``generate``'s sampling warpers, in its order (after the presence penalty)."""
+        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        warpers: list[Any] = []
+        if params.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(params.temperature))
+        config = getattr(self.model, "generation_config", None)
+        top_k = getattr(config, "top_k", None)
+        top_k = 50 if top_k is None else top_k  # transformers' default when a model sets none
+        if top_k:
+            warpers.append(TopKLogitsWarper(top_k=top_k))
+        if params.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p=params.top_p))
+        return warpers
+
+    def _prefill(self, rows: list[list[int]]) -> tuple[Any, Any, Any]:
+        """Run the prompts (longest first) through the model; return logits, cache, mask.
+
+        Rows are pre-filled in groups of similar length and the groups' caches joined, left
+        padded, into one cache over the longest prompt.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        device = self.model.device
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        groups: list[list[int]] = []
+        for row, ids in enumerate(rows):
+            if groups:
+                group = groups[-1]
+                width = len(rows[group[0]])  # the longest in the group: rows come sorted
+                padded = width * (len(group) + 1)
+                real = sum(len(rows[r]) for r in group) + len(ids)
+                if padded <= self.prefill_tokens and padded - real <= self.max_prefill_padding * (
+                    padded
+                ):
+                    group.append(row)
+                    continue
+            groups.append([row])
+
+        width = max(len(ids) for ids in rows)
+        logits, masks, layers = [], [], []
+        for group in groups:
+            group_width = len(rows[group[0]])
+            input_ids = torch.full((len(group), group_width), pad, dtype=torch.long)
+            mask = torch.zeros((len(group), group_width), dtype=torch.long)
+            for j, row in enumerate(group):
+                n = len(rows[row])
+                if n:
+                    input_ids[j, group_width - n :] = torch.tensor(rows[row])
+                    mask[j, group_width - n :] = 1
+            input_ids, mask = input_ids.to(device), mask.to(device)
+            # generate's position ids: count real tokens, padding at 0.
+            positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+            cache = DynamicCache(config=self.model.config)
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            logits.append(out.logits[:, -1].to(dtype=torch.float32))
+            if len(groups) == 1:
+                return logits[0], cache, mask
+            extra = width - group_width
+            masks.append(torch.nn.functional.pad(mask, (extra, 0)))
+            layers.append(
+                [
+                    (
+                        torch.nn.functional.pad(layer.keys, (0, 0, extra, 0)),
+                        torch.nn.functional.pad(layer.values, (0, 0, extra, 0)),
+                    )
+                    for layer in cache.layers
+                ]
+            )
+        joined = [
+            (torch.cat([g[i][0] for g in layers]), torch.cat([g[i][1] for g in layers]))
+            for i in range(len(layers[0]))
+        ]
+        cache = DynamicCache(ddp_cache_data=joined, config=self.model.config)
+        return torch.cat(logits), cache, torch.cat(masks)
+
+    def _decode_loop(self, rows: list[list[int]], params: SamplingParams) -> list[list[int]]:
+        """New token ids per row (ending with the EOS id when EOS ended it)."""
+        import torch
+
+        if params.max_new_tokens < 1:
+            return [[] for _ in rows]
+        device = self.model.device
+        eos_ids = self._eos_ids()
+        stops = [s for s in params.stop if s]
+        # A stop string spans at most 4 tokens per character (byte-level BPE), plus slack.
+        window = 4 * max((len(s) for s in stops), default=0) + 4
+        sample = params.temperature > 0
+        warpers = self._warpers(params) if sample else []
+
+        logits, cache, mask = self._prefill(rows)
+        positions = (mask.sum(-1, keepdim=True) - 1).clamp(min=0)
+        used = None
+        if params.presence_penalty:
+            used = torch.zeros(logits.shape, dtype=torch.bool, device=device)
+        generated: list[list[int]] = [[] for _ in rows]
+        active = list(range(len(rows)))  # original row of each row still in the batch
+        for _ in range(params.max_new_tokens):
+            scores = logits
+            if used is not None:
+                scores = scores - params.presence_penalty * used.to(scores.dtype)
+            if sample:
+                for warper in warpers:
+                    scores = warper(None, scores)
+                probs = torch.nn.functional.softmax(scores, dim=-1)
+                tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
+            else:
+                tokens = torch.argmax(scores, dim=-1)
+
+            keep: list[int] = []
+            for j, (row, token) in enumerate(zip(active, tokens.tolist(), strict=True)):
+                sequence = generated[row]
+                sequence.append(token)
+                if token in eos_ids or len(sequence) >= params.max_new_tokens:
+                    continue
+                if stops:
+                    tail = self.tokenizer.decode(sequence[-window:])
+                    if any(s in tail for s in stops):
+                        continue
+                keep.append(j)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                # Finished rows leave the batch: later steps cost only the rows still running.
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                mask, positions, tokens = mask[index], positions[index], tokens[index]
+                if used is not None:
+                    used = used[index]
+                active = [active[j] for j in keep]
+            if used is not None:
+                used[torch.arange(len(active), device=device), tokens] = True
+            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
+            positions = positions + 1
+            out = self.model(
+                input_ids=tokens[:, None],
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            logits = out.logits[:, -1].to(dtype=torch.float32)
+        return generated
 
     def _completion(self, token_ids: list[int], params: SamplingParams) -> Completion:
         special = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id}

@@ -42,3 +42,97 @@ def test_presence_penalty_lowers_used_tokens_only() -> None:
     scores = torch.zeros(1, 8)
     out = processor(ids, scores)
     assert out[0].tolist() == pytest.approx([0, -2, 0, -2, 0, 0, 0, 0])
+
+
+PROMPTS = [
+    "Hello there, how are",
+    "A",
+    "Tell me a much longer story about a cat named",
+    "Write a poem about the sea and the sky and the",
+    "Why?",
+]
+
+
+def _backends(model_dir: Path, **fast_args: object) -> tuple[object, object]:
+    from refine_af.generation import TransformersBackend
+    from refine_af.models import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(str(model_dir), device="cpu")
+    fast = TransformersBackend(model, tokenizer, batch_size=4, **fast_args)  # type: ignore[arg-type]
+    reference = TransformersBackend(model, tokenizer, batch_size=4, fast=False)
+    return fast, reference
+
+
+@pytest.mark.parametrize("padding", [0.0, 0.5])  # 0.0: every prompt length pre-filled alone
+def test_fast_greedy_equals_generate(tiny_model_dir: Path, padding: float) -> None:
+    fast, reference = _backends(tiny_model_dir, max_prefill_padding=padding)
+    greedy = SamplingParams(max_new_tokens=8, temperature=0.0)
+    expected = reference.generate(PROMPTS, greedy)
+    assert fast.generate(PROMPTS, greedy) == expected
+    assert [fast.generate([p], greedy)[0] for p in PROMPTS] == expected
+
+
+def test_fast_path_drops_finished_rows_like_generate(tiny_model_dir: Path) -> None:
+    """Rows ending early (EOS, a stop string) leave the batch; the others go on unchanged."""
+    fast, reference = _backends(tiny_model_dir, max_prefill_padding=0.0)
+    model, tokenizer = fast.model, fast.tokenizer  # type: ignore[attr-defined]
+    greedy = SamplingParams(max_new_tokens=8, temperature=0.0)
+    raw = reference._reference_generate(PROMPTS, greedy)  # type: ignore[attr-defined]
+    # A stop string that the first prompt's 3rd token completes, an EOS the second emits.
+    stop = tokenizer.decode(raw[0][2:3])
+    assert stop.strip()
+    with_stop = SamplingParams(max_new_tokens=8, temperature=0.0, stop=(stop,))
+    expected = reference.generate(PROMPTS, with_stop)
+    assert fast.generate(PROMPTS, with_stop) == expected
+    assert expected[0].finish_reason == "stop" and expected[0].num_tokens <= 3
+
+    original = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [original, raw[1][4]]
+    try:
+        expected = reference.generate(PROMPTS, greedy)
+        assert fast.generate(PROMPTS, greedy) == expected
+        assert expected[1].num_tokens <= 5
+    finally:
+        model.generation_config.eos_token_id = original
+
+
+def test_fast_sampling_matches_generate_while_no_row_ends(tiny_model_dir: Path) -> None:
+    """Same logits pipeline (presence penalty, temperature, top-k, top-p) and the same draws."""
+    import transformers
+
+    fast, reference = _backends(tiny_model_dir)
+    sampled = SamplingParams(max_new_tokens=6, temperature=0.7, top_p=0.5, presence_penalty=2.0)
+    transformers.set_seed(11)
+    expected = reference.generate(PROMPTS[:4], sampled)
+    transformers.set_seed(11)
+    assert fast.generate(PROMPTS[:4], sampled) == expected
+    assert all(c.num_tokens == 6 for c in expected)
+
+
+def test_zero_new_tokens(tiny_model_dir: Path) -> None:
+    fast, _ = _backends(tiny_model_dir)
+    out = fast.generate(PROMPTS[:2], SamplingParams(max_new_tokens=0, temperature=0.0))
+    assert [c.num_tokens for c in out] == [0, 0]
+
+
+@pytest.mark.slow
+def test_fast_greedy_equals_generate_on_default_model(seed_tasks_file: Path) -> None:
+    import random
+
+    from refine_af.generation import TransformersBackend
+    from refine_af.models import load_model_and_tokenizer
+    from refine_af.prompts import instruction_prompt
+    from refine_af.seeds import load_seed_tasks
+
+    model, tokenizer = load_model_and_tokenizer("default", device="cpu")
+    seeds = load_seed_tasks(seed_tasks_file)
+    rng = random.Random(0)
+    prompts = [
+        instruction_prompt(tokenizer, [s.instruction for s in rng.sample(seeds, 8)], True)
+        for _ in range(4)
+    ]
+    fast = TransformersBackend(model, tokenizer, batch_size=4)
+    reference = TransformersBackend(model, tokenizer, batch_size=4, fast=False)
+    for stop in [(), ("\n\n",)]:
+        greedy = SamplingParams(max_new_tokens=48, temperature=0.0, stop=stop)
+        assert fast.generate(prompts, greedy) == reference.generate(prompts, greedy)
