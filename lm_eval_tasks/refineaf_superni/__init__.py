@@ -1,0 +1,1 @@
+"""The ``refineaf_superni`` lm-eval tasks (YAML + ``utils.py``); see README.md here."""
