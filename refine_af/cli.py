@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import shlex
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,9 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # `kill` and job schedulers send SIGTERM: treat it like Ctrl-C so stages record
+        # "interrupted" and close their logs cleanly.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             return command(*args, **kwargs)
         except UserError as error:
