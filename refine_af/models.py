@@ -238,3 +238,18 @@ def merge_adapter(base_path: str, adapter_dir: str | Path, target: Path | None =
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     return target
+
+
+def lora_config(r: int, alpha: int, dropout: float, target_modules: list[str]) -> Any:
+    """A causal-LM LoRA config; ``[all-linear]`` in YAML means PEFT's ``"all-linear"``."""
+    from peft import LoraConfig
+
+    targets: Any = "all-linear" if target_modules == ["all-linear"] else target_modules
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )

@@ -154,3 +154,29 @@ class RunDirectory:
             summary=summary,
             error=error,
         )
+
+
+def claim_output_folder(folder: Path, key: str, restart: bool, contents: str) -> None:
+    """Bind a stage's append-only output folder to the settings (``key``) that made it.
+
+    A folder made with another key is never extended (that would mix two pools): without
+    ``restart`` this raises a one-line error; with it the old folder is set aside under a new
+    name, never deleted, and the stage starts afresh.
+    """
+    key_file = folder / "generation_fingerprint"
+    log = folder / "batches.jsonl"
+    old_key = key_file.read_text().strip() if key_file.is_file() else key
+    if log.is_file() and old_key != key:
+        if not restart:
+            raise UserError(
+                f"{folder} holds {contents} made with other inputs or settings: use another "
+                "run.output_dir, or pass --restart to set them aside and start again"
+            )
+        aside = folder.with_name(f"{folder.name}.replaced-{old_key}")
+        number = 1
+        while aside.exists():
+            number += 1
+            aside = folder.with_name(f"{folder.name}.replaced-{old_key}-{number}")
+        folder.rename(aside)
+        folder.mkdir(parents=True)
+    key_file.write_text(key + "\n")

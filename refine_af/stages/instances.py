@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from refine_af.prompts import (
     instance_generation_prompt,
     parse_instances,
 )
-from refine_af.run_dir import RunDirectory, write_json_atomic
+from refine_af.run_dir import RunDirectory, claim_output_folder, write_json_atomic
 from refine_af.stages.instructions import append_line, read_batch_log
 
 STAGE_DIR = "instances"
@@ -399,23 +398,6 @@ def summarize(
     }
 
 
-def prepare_output(folder: Path, generation_key: str, restart: bool) -> None:
-    """Refuse to extend a log made from other inputs or settings, unless asked to restart."""
-    key_file = folder / "generation_fingerprint"
-    log = folder / "batches.jsonl"
-    if log.is_file() and key_file.is_file() and key_file.read_text().strip() != generation_key:
-        if not restart:
-            raise UserError(
-                f"{folder} holds instances made from other instructions, model or settings: "
-                "pass --restart to set them aside and generate again"
-            )
-        aside = folder.with_name(f"{folder.name}.replaced-{key_file.read_text().strip()}")
-        shutil.rmtree(aside, ignore_errors=True)
-        folder.rename(aside)
-        folder.mkdir(parents=True)
-    key_file.write_text(generation_key + "\n")
-
-
 def run(
     config: Any,
     run_dir: RunDirectory,
@@ -438,7 +420,7 @@ def run(
     generation_key = generation_fingerprint(config, run_dir, variant)
     folder = run_dir.path / STAGE_DIR / variant
     folder.mkdir(parents=True, exist_ok=True)
-    prepare_output(folder, generation_key, restart)
+    claim_output_folder(folder, generation_key, restart, "instances")
     stage_key = fingerprint(generation_key, stage_config.max_instructions)
 
     with run_dir.stage(stage_name(variant), stage_key) as summary:

@@ -33,7 +33,7 @@ from refine_af.prompts import (
     parse_numbered_instructions,
     parse_yes_no,
 )
-from refine_af.run_dir import RunDirectory, write_json_atomic
+from refine_af.run_dir import RunDirectory, claim_output_folder, write_json_atomic
 from refine_af.seeds import SeedTask, load_seed_tasks, seed_tasks_path
 from refine_af.similarity import SimilarityIndex
 
@@ -277,22 +277,6 @@ def summarize(batches: list[dict[str, Any]], target: int) -> dict[str, Any]:
     }
 
 
-def prepare_output(folder: Path, generation_key: str, restart: bool) -> None:
-    """Refuse to mix a pool made with other settings into this one, unless asked to restart."""
-    key_file = folder / "generation_fingerprint"
-    log = folder / "batches.jsonl"
-    if log.is_file() and key_file.is_file() and key_file.read_text().strip() != generation_key:
-        if not restart:
-            raise UserError(
-                f"{folder} holds instructions generated with other settings: use another "
-                "run.output_dir, or pass --restart to set them aside and start again"
-            )
-        aside = folder.with_name(f"{folder.name}.replaced-{key_file.read_text().strip()}")
-        folder.rename(aside)
-        folder.mkdir(parents=True)
-    key_file.write_text(generation_key + "\n")
-
-
 def run(
     config: Any,
     run_dir: RunDirectory,
@@ -318,7 +302,7 @@ def run(
     generation_key = generation_fingerprint(config)
     folder = run_dir.path / STAGE
     folder.mkdir(parents=True, exist_ok=True)
-    prepare_output(folder, generation_key, restart)
+    claim_output_folder(folder, generation_key, restart, "instructions")
     stage_key = fingerprint(generation_key, stage_config.num_instructions)
 
     with run_dir.stage(STAGE, stage_key) as summary:

@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 from refine_af.config import ConfigError, fingerprint, help_field, to_dict
 from refine_af.errors import UserError
+from refine_af.models import lora_config
 from refine_af.rewards import COMPONENTS, FORMAT_REWARD, PAPER_INTERCEPT, PAPER_WEIGHTS
 from refine_af.run_dir import RunDirectory, write_json_atomic
 
@@ -413,21 +414,6 @@ def trainer_arguments(settings: RLConfig, output_dir: Path, seed: int, weights: 
         raise ConfigError(f"rl: {str(error).splitlines()[0]}") from error
 
 
-def lora_config(settings: RLConfig) -> Any:
-    from peft import LoraConfig
-
-    targets: Any = settings.lora_target_modules
-    if targets == ["all-linear"]:
-        targets = "all-linear"
-    return LoraConfig(
-        r=settings.lora_r,
-        lora_alpha=settings.lora_alpha,
-        lora_dropout=settings.lora_dropout,
-        target_modules=targets,
-        task_type="CAUSAL_LM",
-    )
-
-
 def build_trainer(
     settings: RLConfig,
     model: Any,
@@ -450,7 +436,12 @@ def build_trainer(
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        peft_config=lora_config(settings),
+        peft_config=lora_config(
+            settings.lora_r,
+            settings.lora_alpha,
+            settings.lora_dropout,
+            settings.lora_target_modules,
+        ),
         callbacks=callbacks,
     )
 

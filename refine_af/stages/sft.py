@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from refine_af.config import ConfigError, fingerprint, help_field, to_dict
 from refine_af.errors import UserError
+from refine_af.models import lora_config
 from refine_af.prompts import training_completion, training_prompt
 from refine_af.run_dir import RunDirectory, write_json_atomic
 from refine_af.stages.instances import STAGE_DIR as INSTANCES_DIR
@@ -160,22 +161,6 @@ def stage_fingerprint(config: Any, run_dir: RunDirectory, variant: str) -> str:
 # Trainer.
 
 
-def lora_config(settings: SFTConfig) -> Any:
-    from peft import LoraConfig
-
-    targets: Any = settings.target_modules
-    if targets == ["all-linear"]:
-        targets = "all-linear"
-    return LoraConfig(
-        r=settings.lora_r,
-        lora_alpha=settings.lora_alpha,
-        lora_dropout=settings.lora_dropout,
-        target_modules=targets,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-
-
 def build_trainer(
     config: Any,
     examples: list[dict[str, str]],
@@ -228,7 +213,9 @@ def build_trainer(
         args=arguments,
         train_dataset=Dataset.from_list(examples),
         processing_class=tokenizer,
-        peft_config=lora_config(settings),
+        peft_config=lora_config(
+            settings.lora_r, settings.lora_alpha, settings.lora_dropout, settings.target_modules
+        ),
     )
 
 
