@@ -19,7 +19,10 @@ same prompts and in the same process:
 New tokens count only real tokens: up to and including the one that completed a stop string or
 the token limit, not the EOS and not the padding ``generate`` appends to rows that have ended.
 Sampling makes the two paths write different texts, so their token counts differ a little; the
-rate (new tokens / wall seconds, prefill included) is what is compared. Batch 1 uses
+rate (new tokens / wall seconds, prefill included) is what is compared. For the project path the
+run also prints the split: prompt tokens per second in the prefill and new tokens per second in
+the decode loop alone (``TransformersBackend.timing``), since with 150-390-token prompts and
+completions of a few dozen tokens the prefill is most of the wall time. Batch 1 uses
 ``--batch1-prompts`` prompts one at a time. The order of (a) and (b) alternates between batch sizes
 so that a load change on a shared machine does not always favour one of them.
 """
@@ -37,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from refine_af.generation import SamplingParams, TransformersBackend
 from refine_af.models import load_model_and_tokenizer
-from refine_af.prompts import instruction_prompt
+from refine_af.prompts import instruction_prompt, render_chat
 from refine_af.seeds import SEED_TASKS_ENV, load_seed_tasks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,6 +74,13 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--workload",
+        choices=["stage1", "short"],
+        default="stage1",
+        help="stage1: Self-Instruct prompts, stage-1 sampling; short: one-line chat requests "
+        "(~40 tokens) answered at length, T=0.7, no stop string (decode-dominated)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -82,22 +92,32 @@ def main() -> None:
     rng = random.Random(args.seed)
     sizes = [int(s) for s in args.batch_sizes.split(",")]
     count = max(max(sizes), args.batch1_prompts)
-    prompts = [
-        instruction_prompt(tokenizer, [s.instruction for s in rng.sample(seeds, 8)], True)
-        for _ in range(count)
-    ]
+    if args.workload == "stage1":
+        prompts = [
+            instruction_prompt(tokenizer, [s.instruction for s in rng.sample(seeds, 8)], True)
+            for _ in range(count)
+        ]
+        params = SamplingParams(
+            max_new_tokens=args.max_new_tokens,
+            temperature=0.7,
+            top_p=0.5,
+            stop=("\n\n",),
+            presence_penalty=2.0,
+        )
+        sampling = "T=0.7, top_p=0.5, presence 2.0, stop \\n\\n"
+    else:
+        # Seed instructions as one-line requests: short prompts, long answers.
+        prompts = [
+            render_chat(tokenizer, f"Explain in detail: {s.instruction}", "", True)
+            for s in rng.sample(seeds, count)
+        ]
+        params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.7)
+        sampling = "T=0.7, no stop string"
     lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
-    params = SamplingParams(
-        max_new_tokens=args.max_new_tokens,
-        temperature=0.7,
-        top_p=0.5,
-        stop=("\n\n",),
-        presence_penalty=2.0,
-    )
     print(
         f"model: default (SmolLM2-135M-Instruct), {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}; prompts {min(lengths)}-{max(lengths)} tokens; "
-        f"max_new_tokens {args.max_new_tokens}, T=0.7, top_p=0.5, presence 2.0, stop \\n\\n"
+        f"torch {torch.__version__}; workload {args.workload}: prompts "
+        f"{min(lengths)}-{max(lengths)} tokens; max_new_tokens {args.max_new_tokens}, {sampling}"
     )
     header = f"{'batch':>5}  {'path':<26} {'new tok':>7} {'seconds':>8} {'tok/s':>7} {'stop':>6}"
     print(header)
@@ -120,6 +140,18 @@ def main() -> None:
             )
         ratio = rates["project TransformersBackend"] / rates["reference model.generate"]
         print(f"{size:>5}  project / reference: {ratio:.2f}x", flush=True)
+        timing = (
+            variants[0][1].timing
+            if variants[0][0].startswith("project")
+            else (variants[1][1].timing)
+        )
+        print(
+            f"{size:>5}  project split: prefill {timing.prompt_tokens} prompt tokens in "
+            f"{timing.prefill_seconds:.1f} s ({timing.prompt_tokens / timing.prefill_seconds:.0f}"
+            f" tok/s), decode {timing.new_tokens} new tokens in {timing.decode_seconds:.1f} s "
+            f"({timing.new_tokens / timing.decode_seconds:.1f} tok/s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ CPU path share every line of stage logic.
 from __future__ import annotations
 
 import importlib.util
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -29,6 +30,8 @@ class SamplingParams:
     # Self-Instruct sampled instructions with presence_penalty=2; without it a small model
     # repeats one list item until the token limit.
     presence_penalty: float = 0.0
+    # None: the model's generation config (transformers' default 50 when it sets none); 0: off.
+    top_k: int | None = None
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,16 @@ class Completion:
     text: str  # the new text, cut before the first stop string
     finish_reason: FinishReason  # "length" when the token limit cut it off
     num_tokens: int  # new tokens produced (up to and including the stop)
+
+
+@dataclass
+class GenerationTiming:
+    """Where a backend's time went, summed over its ``generate`` calls (fast path only)."""
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
 
 
 class GenerationBackend(Protocol):
@@ -113,8 +126,33 @@ class TransformersBackend:
         self.fast = fast
         self.prefill_tokens = prefill_tokens
         self.max_prefill_padding = max_prefill_padding
+        self.timing = GenerationTiming()
 
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[Completion]:
+        if not self.fast:
+            return self._generate_reference(prompts, params)
+        new_ids = self.generate_ids(self.tokenizer(list(prompts))["input_ids"], params)
+        return [self._completion(ids, params) for ids in new_ids]
+
+    def generate_ids(
+        self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams
+    ) -> list[list[int]]:
+        """The new token ids of each prompt (ending with the EOS id where EOS ended it)."""
+        import torch
+
+        order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
+        results: list[list[int]] = [[] for _ in prompt_ids]
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            with torch.inference_mode():
+                new_tokens = self._decode_loop([list(prompt_ids[i]) for i in batch], params)
+            for row, index in enumerate(batch):
+                results[index] = new_tokens[row]
+        return results
+
+    def _generate_reference(
+        self, prompts: Sequence[str], params: SamplingParams
+    ) -> list[Completion]:
         import torch
 
         all_ids = self.tokenizer(list(prompts))["input_ids"]
@@ -123,10 +161,7 @@ class TransformersBackend:
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
             with torch.inference_mode():
-                if self.fast:
-                    new_tokens = self._decode_loop([all_ids[i] for i in batch], params)
-                else:
-                    new_tokens = self._reference_generate([prompts[i] for i in batch], params)
+                new_tokens = self._reference_generate([prompts[i] for i in batch], params)
             for row, index in enumerate(batch):
                 results[index] = self._completion(new_tokens[row], params)
         return [r for r in results if r is not None]
@@ -137,6 +172,7 @@ class TransformersBackend:
         encoded = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.model.device)
         sampling: dict[str, Any] = (
             {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+            | ({} if params.top_k is None else {"top_k": params.top_k})
             if params.temperature > 0
             else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         )
@@ -166,27 +202,31 @@ class TransformersBackend:
             return set()
         return {int(e) for e in eos} if isinstance(eos, (list, tuple)) else {int(eos)}
 
-    def _warpers(self, params: SamplingParams) -> list[Any]:
-        """``generate``'s sampling warpers, in its order (after the presence penalty)."""
-        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+    def _warpers(self, params: SamplingParams) -> tuple[list[Any], int]:
+        """``generate``'s sampling warpers after top-k, in its order, and top-k itself.
+
+        The presence penalty comes before all of them, top-k after the temperature (the order
+        of the two does not matter: dividing by a temperature keeps the ranking).
+        """
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
         warpers: list[Any] = []
         if params.temperature != 1.0:
             warpers.append(TemperatureLogitsWarper(params.temperature))
-        config = getattr(self.model, "generation_config", None)
-        top_k = getattr(config, "top_k", None)
-        top_k = 50 if top_k is None else top_k  # transformers' default when a model sets none
-        if top_k:
-            warpers.append(TopKLogitsWarper(top_k=top_k))
+        top_k = params.top_k
+        if top_k is None:
+            config = getattr(self.model, "generation_config", None)
+            top_k = getattr(config, "top_k", None)
+            top_k = 50 if top_k is None else top_k  # transformers' default when a model sets none
         if params.top_p < 1.0:
             warpers.append(TopPLogitsWarper(top_p=params.top_p))
-        return warpers
+        return warpers, int(top_k or 0)
 
-    def _prefill(self, rows: list[list[int]]) -> tuple[Any, Any, Any]:
+    def _prefill(self, rows: list[list[int]], capacity: int) -> tuple[Any, Any, Any]:
         """Run the prompts (longest first) through the model; return logits, cache, mask.
 
-        Rows are pre-filled in groups of similar length and the groups' caches joined, left
-        padded, into one cache over the longest prompt.
+        Rows are pre-filled in groups of similar length; each group's keys and values are copied,
+        left padded, into one preallocated cache with room for ``capacity`` positions.
         """
         import torch
         from transformers import DynamicCache
@@ -208,48 +248,69 @@ class TransformersBackend:
             groups.append([row])
 
         width = max(len(ids) for ids in rows)
-        logits, masks, layers = [], [], []
+        mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+        logits: list[Any] = []
+        cache: Any = None
+        first = 0  # the group's first row in the batch
         for group in groups:
             group_width = len(rows[group[0]])
             input_ids = torch.full((len(group), group_width), pad, dtype=torch.long)
-            mask = torch.zeros((len(group), group_width), dtype=torch.long)
+            group_mask = torch.zeros((len(group), group_width), dtype=torch.long)
             for j, row in enumerate(group):
                 n = len(rows[row])
                 if n:
                     input_ids[j, group_width - n :] = torch.tensor(rows[row])
-                    mask[j, group_width - n :] = 1
-            input_ids, mask = input_ids.to(device), mask.to(device)
+                    group_mask[j, group_width - n :] = 1
+            input_ids, group_mask = input_ids.to(device), group_mask.to(device)
             # generate's position ids: count real tokens, padding at 0.
-            positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-            cache = DynamicCache(config=self.model.config)
+            positions = (group_mask.cumsum(-1) - 1).masked_fill(group_mask == 0, 0)
+            group_cache = DynamicCache(config=self.model.config)
             out = self.model(
                 input_ids=input_ids,
-                attention_mask=mask,
+                attention_mask=group_mask,
                 position_ids=positions,
-                past_key_values=cache,
+                past_key_values=group_cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
             logits.append(out.logits[:, -1].to(dtype=torch.float32))
-            if len(groups) == 1:
-                return logits[0], cache, mask
-            extra = width - group_width
-            masks.append(torch.nn.functional.pad(mask, (extra, 0)))
-            layers.append(
-                [
-                    (
-                        torch.nn.functional.pad(layer.keys, (0, 0, extra, 0)),
-                        torch.nn.functional.pad(layer.values, (0, 0, extra, 0)),
-                    )
-                    for layer in cache.layers
-                ]
-            )
-        joined = [
-            (torch.cat([g[i][0] for g in layers]), torch.cat([g[i][1] for g in layers]))
-            for i in range(len(layers[0]))
-        ]
-        cache = DynamicCache(ddp_cache_data=joined, config=self.model.config)
-        return torch.cat(logits), cache, torch.cat(masks)
+            if cache is None:
+                from refine_af.kv_cache import preallocated_cache
+
+                cache = preallocated_cache(group_cache, len(rows), capacity)
+            rows_here, left = slice(first, first + len(group)), width - group_width
+            for target, source in zip(cache.layers, group_cache.layers, strict=True):
+                target.key_buffer[rows_here, :, left:width] = source.keys
+                target.value_buffer[rows_here, :, left:width] = source.values
+            mask[first : first + len(group), width - group_width :] = group_mask
+            first += len(group)
+        for layer in cache.layers:
+            layer.set_length(width)
+        return torch.cat(logits), cache, mask
+
+    def _sample(self, scores: Any, warpers: list[Any], top_k: int) -> Any:
+        """Draw one token per row from ``generate``'s sampling distribution.
+
+        Top-k comes first in ``generate``'s pipeline and temperature does not change the order, so
+        only the ``top_k`` best logits can be drawn: the warpers and the draw run on those alone
+        (a sort and a multinomial over 50 entries instead of the whole vocabulary, which cost as
+        much as a forward pass at batch 64). The distribution is ``generate``'s.
+        """
+        import torch
+
+        if top_k and top_k < scores.shape[-1]:
+            scores, candidates = torch.topk(scores, top_k, dim=-1)
+        else:
+            candidates = None
+        for warper in warpers:
+            scores = warper(None, scores)
+        probs = torch.nn.functional.softmax(scores, dim=-1)
+        choice = torch.multinomial(probs, num_samples=1)
+        return (choice if candidates is None else candidates.gather(1, choice)).squeeze(1)
+
+    def _stopped(self, sequence: list[int], stops: list[str], window: int) -> bool:
+        tail = self.tokenizer.decode(sequence[-window:])
+        return any(s in tail for s in stops)
 
     def _decode_loop(self, rows: list[list[int]], params: SamplingParams) -> list[list[int]]:
         """New token ids per row (ending with the EOS id when EOS ended it)."""
@@ -263,61 +324,65 @@ class TransformersBackend:
         # A stop string spans at most 4 tokens per character (byte-level BPE), plus slack.
         window = 4 * max((len(s) for s in stops), default=0) + 4
         sample = params.temperature > 0
-        warpers = self._warpers(params) if sample else []
+        warpers, top_k = self._warpers(params) if sample else ([], 0)
 
-        logits, cache, mask = self._prefill(rows)
-        positions = (mask.sum(-1, keepdim=True) - 1).clamp(min=0)
+        width = max(len(ids) for ids in rows)
+        started = time.perf_counter()
+        logits, cache, prompt_mask = self._prefill(rows, width + params.max_new_tokens)
+        prefilled = time.perf_counter()
+        # The mask for every position the batch can reach; each step uses its first columns.
+        mask = torch.cat([prompt_mask, prompt_mask.new_ones((len(rows), params.max_new_tokens))], 1)
+        positions = (prompt_mask.sum(-1, keepdim=True) - 1).clamp(min=0)
         used = None
         if params.presence_penalty:
             used = torch.zeros(logits.shape, dtype=torch.bool, device=device)
         generated: list[list[int]] = [[] for _ in rows]
-        active = list(range(len(rows)))  # original row of each row still in the batch
-        for _ in range(params.max_new_tokens):
+        # The original row of each batch row; None once it has finished. Finished rows stay in
+        # the batch (their outputs ignored) until enough have piled up to be worth a compaction.
+        slots: list[int | None] = list(range(len(rows)))
+        for step in range(params.max_new_tokens):
             scores = logits
             if used is not None:
                 scores = scores - params.presence_penalty * used.to(scores.dtype)
-            if sample:
-                for warper in warpers:
-                    scores = warper(None, scores)
-                probs = torch.nn.functional.softmax(scores, dim=-1)
-                tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
-            else:
-                tokens = torch.argmax(scores, dim=-1)
+            tokens = self._sample(scores, warpers, top_k) if sample else scores.argmax(-1)
 
-            keep: list[int] = []
-            for j, (row, token) in enumerate(zip(active, tokens.tolist(), strict=True)):
+            for slot, (row, token) in enumerate(zip(slots, tokens.tolist(), strict=True)):
+                if row is None:
+                    continue
                 sequence = generated[row]
                 sequence.append(token)
-                if token in eos_ids or len(sequence) >= params.max_new_tokens:
-                    continue
-                if stops:
-                    tail = self.tokenizer.decode(sequence[-window:])
-                    if any(s in tail for s in stops):
-                        continue
-                keep.append(j)
-            if not keep:
+                ended = token in eos_ids or len(sequence) >= params.max_new_tokens
+                if ended or (stops and self._stopped(sequence, stops, window)):
+                    slots[slot] = None
+            live = [j for j, row in enumerate(slots) if row is not None]
+            if not live:
                 break
-            if len(keep) < len(active):
-                # Finished rows leave the batch: later steps cost only the rows still running.
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
+            # Removing rows copies the whole cache, about what one step costs, so it waits until
+            # a quarter of the batch is finished rows; until then they ride along.
+            if len(slots) - len(live) >= max(1, len(slots) // 4):
+                index = torch.tensor(live, device=device)
+                for layer in cache.layers:
+                    layer.select_rows(index)
                 mask, positions, tokens = mask[index], positions[index], tokens[index]
                 if used is not None:
                     used = used[index]
-                active = [active[j] for j in keep]
+                slots = [slots[j] for j in live]
             if used is not None:
-                used[torch.arange(len(active), device=device), tokens] = True
-            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
+                used[torch.arange(len(slots), device=device), tokens] = True
             positions = positions + 1
             out = self.model(
                 input_ids=tokens[:, None],
-                attention_mask=mask,
+                attention_mask=mask[:, : width + step + 1],
                 position_ids=positions,
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
             logits = out.logits[:, -1].to(dtype=torch.float32)
+        self.timing.prompt_tokens += sum(len(ids) for ids in rows)
+        self.timing.new_tokens += sum(len(sequence) for sequence in generated)
+        self.timing.prefill_seconds += prefilled - started
+        self.timing.decode_seconds += time.perf_counter() - prefilled
         return generated
 
     def _completion(self, token_ids: list[int], params: SamplingParams) -> Completion:

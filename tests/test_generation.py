@@ -53,13 +53,13 @@ PROMPTS = [
 ]
 
 
-def _backends(model_dir: Path, **fast_args: object) -> tuple[object, object]:
+def _backends(model_dir: Path, batch_size: int = 4, **fast_args: object) -> tuple[object, object]:
     from refine_af.generation import TransformersBackend
     from refine_af.models import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(str(model_dir), device="cpu")
-    fast = TransformersBackend(model, tokenizer, batch_size=4, **fast_args)  # type: ignore[arg-type]
-    reference = TransformersBackend(model, tokenizer, batch_size=4, fast=False)
+    fast = TransformersBackend(model, tokenizer, batch_size, **fast_args)  # type: ignore[arg-type]
+    reference = TransformersBackend(model, tokenizer, batch_size, fast=False)
     return fast, reference
 
 
@@ -72,41 +72,62 @@ def test_fast_greedy_equals_generate(tiny_model_dir: Path, padding: float) -> No
     assert [fast.generate([p], greedy)[0] for p in PROMPTS] == expected
 
 
-def test_fast_path_drops_finished_rows_like_generate(tiny_model_dir: Path) -> None:
+# Batch 4: every finished row leaves the batch at once; batch 10: finished rows ride along until
+# a quarter of the batch has finished, then leave together.
+@pytest.mark.parametrize("batch_size", [4, 10])
+def test_fast_path_drops_finished_rows_like_generate(tiny_model_dir: Path, batch_size: int) -> None:
     """Rows ending early (EOS, a stop string) leave the batch; the others go on unchanged."""
-    fast, reference = _backends(tiny_model_dir, max_prefill_padding=0.0)
+    fast, reference = _backends(tiny_model_dir, batch_size, max_prefill_padding=0.0)
+    # Batch 10: the one row that stops early rides along (1 finished < 10 // 4).
+    prompts = PROMPTS if batch_size == 4 else PROMPTS + [f"Number {i} is" for i in range(6)]
     model, tokenizer = fast.model, fast.tokenizer  # type: ignore[attr-defined]
     greedy = SamplingParams(max_new_tokens=8, temperature=0.0)
-    raw = reference._reference_generate(PROMPTS, greedy)  # type: ignore[attr-defined]
+    raw = reference._reference_generate(prompts, greedy)  # type: ignore[attr-defined]
     # A stop string that the first prompt's 3rd token completes, an EOS the second emits.
     stop = tokenizer.decode(raw[0][2:3])
     assert stop.strip()
     with_stop = SamplingParams(max_new_tokens=8, temperature=0.0, stop=(stop,))
-    expected = reference.generate(PROMPTS, with_stop)
-    assert fast.generate(PROMPTS, with_stop) == expected
+    expected = reference.generate(prompts, with_stop)
+    assert fast.generate(prompts, with_stop) == expected
     assert expected[0].finish_reason == "stop" and expected[0].num_tokens <= 3
 
     original = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = [original, raw[1][4]]
     try:
-        expected = reference.generate(PROMPTS, greedy)
-        assert fast.generate(PROMPTS, greedy) == expected
+        expected = reference.generate(prompts, greedy)
+        assert fast.generate(prompts, greedy) == expected
         assert expected[1].num_tokens <= 5
     finally:
         model.generation_config.eos_token_id = original
 
 
-def test_fast_sampling_matches_generate_while_no_row_ends(tiny_model_dir: Path) -> None:
-    """Same logits pipeline (presence penalty, temperature, top-k, top-p) and the same draws."""
-    import transformers
+def test_fast_sampling_draws_from_generates_distribution(tiny_model_dir: Path) -> None:
+    """Top-k first, then temperature and top-p on the k best: generate's distribution exactly."""
+    import torch
+    from transformers import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
-    fast, reference = _backends(tiny_model_dir)
-    sampled = SamplingParams(max_new_tokens=6, temperature=0.7, top_p=0.5, presence_penalty=2.0)
-    transformers.set_seed(11)
-    expected = reference.generate(PROMPTS[:4], sampled)
-    transformers.set_seed(11)
-    assert fast.generate(PROMPTS[:4], sampled) == expected
-    assert all(c.num_tokens == 6 for c in expected)
+    fast, _ = _backends(tiny_model_dir)
+    params = SamplingParams(max_new_tokens=6, temperature=0.7, top_p=0.5)
+    warpers, top_k = fast._warpers(params)  # type: ignore[attr-defined]
+    assert top_k == 50  # transformers' default: the tiny model's config sets none
+    generate_pipeline = LogitsProcessorList(
+        [TemperatureLogitsWarper(0.7), TopKLogitsWarper(top_k=50), TopPLogitsWarper(top_p=0.5)]
+    )
+    scores = torch.randn(3, 500, generator=torch.Generator().manual_seed(0)) * 3
+    expected = torch.softmax(generate_pipeline(None, scores.clone()), dim=-1)
+
+    torch.manual_seed(0)
+    draws = torch.stack([fast._sample(scores, warpers, top_k) for _ in range(4000)])  # type: ignore[attr-defined]
+    for row in range(3):
+        support = set(expected[row].nonzero().flatten().tolist())
+        assert set(draws[:, row].tolist()) <= support  # never a token generate could not draw
+        frequency = torch.bincount(draws[:, row], minlength=500).float() / len(draws)
+        assert torch.allclose(frequency, expected[row], atol=0.03)
 
 
 def test_zero_new_tokens(tiny_model_dir: Path) -> None:

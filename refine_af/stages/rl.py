@@ -129,6 +129,11 @@ class RLConfig:
         False, "Recompute activations to save memory (GPU-scale runs)."
     )
     use_vllm: bool = help_field(False, "Generate with vLLM (colocated; needs vllm and a GPU).")
+    fast_generation: bool = help_field(
+        True,
+        "GRPO without vLLM: sample completions with refine_af's decode loop (preallocated KV "
+        "cache, finished rows leave the batch) instead of model.generate; same distribution.",
+    )
     bf16: bool = help_field(False, "bfloat16 mixed precision (GPU).")
 
     def __post_init__(self) -> None:
@@ -414,6 +419,33 @@ def trainer_arguments(settings: RLConfig, output_dir: Path, seed: int, weights: 
         raise ConfigError(f"rl: {str(error).splitlines()[0]}") from error
 
 
+def make_rollout(settings: RLConfig, tokenizer: Any) -> Any:
+    """A GRPO ``rollout_func``: one completion per prompt from the current policy.
+
+    TRL hands it the prompts of this process, each already repeated ``num_generations`` times,
+    and keeps everything else (rewards, advantages, the loss) as with its own generation. The
+    prompts are tokenized as TRL tokenizes them, and the sampling is TRL's (temperature, top-p,
+    its top-k, no stop strings, EOS kept at the end of a completion). No sampling log-probs are
+    returned: TRL uses them only for vLLM's importance-sampling correction.
+    """
+    from refine_af.generation import SamplingParams, TransformersBackend
+
+    def rollout(prompts: list[str], trainer: Any) -> dict[str, Any]:
+        policy = trainer.accelerator.unwrap_model(trainer.model)
+        backend = TransformersBackend(policy, tokenizer, batch_size=max(1, len(prompts)))
+        params = SamplingParams(
+            max_new_tokens=settings.max_completion_length,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            top_k=trainer.top_k or 0,
+        )
+        prompt_ids = tokenizer(text=list(prompts))["input_ids"]
+        completion_ids = backend.generate_ids(prompt_ids, params)
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
+
+    return rollout
+
+
 def build_trainer(
     settings: RLConfig,
     model: Any,
@@ -429,8 +461,13 @@ def build_trainer(
     from trl import GRPOTrainer, RLOOTrainer
 
     args = trainer_arguments(settings, output_dir, seed, rewards.reward_weights())
+    extra: dict[str, Any] = {}
+    if settings.trainer == "grpo" and settings.fast_generation and not settings.use_vllm:
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental
+        extra["rollout_func"] = make_rollout(settings, tokenizer)
     trainer_class = RLOOTrainer if settings.trainer == "rloo" else GRPOTrainer
     return trainer_class(
+        **extra,
         model=model,
         reward_funcs=rewards.reward_functions(),
         args=args,

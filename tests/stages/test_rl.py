@@ -141,6 +141,7 @@ def test_train_steps_move_the_adapter_and_resume(tmp_path, tiny_model_dir, monke
     trainer = built[0]
     # Reference = the same weights with the adapter switched off: no second model is loaded.
     assert trainer.beta > 0 and trainer.ref_model is None
+    assert trainer.rollout_func is not None  # completions came from refine_af's decode loop
     assert summary["steps"] == 1
 
     folder = tmp_path / "rl"
@@ -188,6 +189,27 @@ def test_train_steps_move_the_adapter_and_resume(tmp_path, tiny_model_dir, monke
     other = make_config(tmp_path, tiny_model_dir, "rl.num_steps=3", "rl.beta=0.5")
     with pytest.raises(UserError, match="other settings"):
         rl.run(other, run_dir, resume=True, scorers=scorers)
+
+
+def test_rollout_gives_one_completion_per_prompt_as_trl_tokenizes(tiny_model_dir):
+    from types import SimpleNamespace
+
+    from refine_af.models import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")
+    config = make_config(Path("unused"), tiny_model_dir)
+    trainer = SimpleNamespace(
+        model=model, top_k=0, accelerator=SimpleNamespace(unwrap_model=lambda m: m)
+    )
+    prompts = [p for p in ("Name a fruit.", "Write a much longer greeting, please.") for _ in "ab"]
+    out = rl.make_rollout(config.rl, tokenizer)(prompts, trainer)
+    assert out["prompt_ids"] == tokenizer(text=prompts)["input_ids"]
+    assert out["logprobs"] is None
+    assert len(out["completion_ids"]) == len(prompts)
+    eos = tokenizer.eos_token_id
+    for ids in out["completion_ids"]:
+        assert 1 <= len(ids) <= config.rl.max_completion_length
+        assert eos not in ids[:-1]  # a completion stops at its EOS, which it keeps
 
 
 def test_metrics_record_and_summary():
