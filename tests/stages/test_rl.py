@@ -212,6 +212,39 @@ def test_rollout_gives_one_completion_per_prompt_as_trl_tokenizes(tiny_model_dir
         assert eos not in ids[:-1]  # a completion stops at its EOS, which it keeps
 
 
+def test_rollout_samples_the_adapted_policy_and_leaves_its_weights_as_they_were(tiny_model_dir):
+    """The LoRA is merged for sampling (same tokens as the unmerged policy) and unmerged after."""
+    from types import SimpleNamespace
+
+    import torch
+    from peft import get_peft_model
+
+    from refine_af.generation import SamplingParams, TransformersBackend
+    from refine_af.models import load_model_and_tokenizer, lora_config
+
+    model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")
+    policy = get_peft_model(model, lora_config(4, 8, 0.0, ["all-linear"]))
+    with torch.no_grad():  # a non-trivial adapter: LoRA B starts at zero
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    prompts = ["Name a fruit.", "Write a much longer greeting, please."]
+    greedy = SamplingParams(max_new_tokens=6, temperature=0.0)
+    unmerged = TransformersBackend(policy, tokenizer, 2).generate_ids(
+        tokenizer(text=prompts)["input_ids"], greedy
+    )
+    config = make_config(Path("unused"), tiny_model_dir, "rl.max_completion_length=6")
+    trainer = SimpleNamespace(
+        model=policy, top_k=1, accelerator=SimpleNamespace(unwrap_model=lambda m: m)
+    )
+    out = rl.make_rollout(config.rl, tokenizer)(prompts, trainer)  # top_k=1: greedy
+    assert out["completion_ids"] == unmerged
+    assert not any(getattr(m, "merged", False) for m in policy.modules())
+    after = policy.state_dict()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+
+
 def test_metrics_record_and_summary():
     logs = {
         "loss": 0.1,
