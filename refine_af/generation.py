@@ -87,25 +87,28 @@ class TransformersBackend:
     """Batched generation with a KV cache, on any transformers causal LM.
 
     The default path (``fast=True``) is a hand-written decode loop rather than ``model.generate``,
-    because ``generate`` keeps every row of a batch in every forward pass until the *last* row is
-    done. With the ``"\\n\\n"`` stop of stage 1 most rows end long before the slowest one, so
-    ``generate`` spends most of its time on rows whose output is already thrown away. The loop here:
+    because on a CPU ``generate`` spends most of its time on work other than the model's:
 
-    * drops a row from the batch (and from the KV cache) as soon as it emits EOS, a stop string or
-      its last allowed token, so each step costs only the rows still running;
-    * pre-fills prompts in groups of similar length (prompts sorted longest first, a group ends
-      when padding would exceed ``max_prefill_padding`` of its tokens or ``prefill_tokens``), so
-      the prefill (a large share of the compute for 150-300 token prompts) wastes little on padding,
-      then joins the groups' caches, left-padded, into one batch for decoding;
-    * asks for the logits of the last position only (``logits_to_keep=1``) and keeps the
-      presence-penalty mask incrementally instead of rebuilding it from all ids every step.
+    * the KV cache is preallocated for prompt + ``max_new_tokens`` and written in place
+      (:mod:`refine_af.kv_cache`); transformers' dynamic cache re-copies the whole cache with
+      ``torch.cat`` every step;
+    * a row that emits EOS, a stop string or its last allowed token is finished at once, and
+      finished rows leave the batch (and the cache) once they are a quarter of it: ``generate``
+      keeps every row until the last one is done, and with the ``"\n\n"`` stop of stage 1 most
+      rows end long before the slowest;
+    * sampling draws among the top-k logits only (``generate``'s distribution, see ``_sample``);
+    * prompts are pre-filled in groups of similar length (prompts sorted longest first, a group
+      ends when padding would exceed ``max_prefill_padding`` of its tokens or ``prefill_tokens``),
+      then copied, left-padded, into the one decode cache;
+    * only the last position's logits are computed (``logits_to_keep=1``), and the
+      presence-penalty mask is kept incrementally.
 
     Semantics are ``generate``'s: the same position ids (cumsum of the attention mask), the same
-    logits pipeline (presence penalty, then temperature, top-k from the model's generation config
-    or transformers' default 50, top-p), ``torch.multinomial`` sampling / ``argmax`` for greedy,
+    logits pipeline (presence penalty, then temperature, top-k from ``SamplingParams.top_k`` or
+    the model's generation config or transformers' default 50, top-p), ``argmax`` for greedy,
     stop on any of the generation config's EOS ids. Greedy output equals ``generate``'s (tested).
-    Seeded sampling is reproducible; it draws differently from ``generate`` once a row has ended
-    (``generate`` keeps sampling the finished rows). ``fast=False`` calls ``model.generate``.
+    Seeded sampling is reproducible, from the same distribution as ``generate`` but not the same
+    draws. ``fast=False`` calls ``model.generate``; ``timing`` sums where the fast path's time went.
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class TransformersBackend:
         fast: bool = True,
         prefill_tokens: int = 8192,
         max_prefill_padding: float = 0.1,
+        eos_token_ids: Sequence[int] | set[int] | None = None,
     ) -> None:
         if batch_size < 1:
             raise UserError(f"generation batch size must be >= 1, got {batch_size}")
@@ -126,6 +130,8 @@ class TransformersBackend:
         self.fast = fast
         self.prefill_tokens = prefill_tokens
         self.max_prefill_padding = max_prefill_padding
+        # The ids that end a row; by default the model's generation config's (or the tokenizer's).
+        self.eos_token_ids = None if eos_token_ids is None else {int(e) for e in eos_token_ids}
         self.timing = GenerationTiming()
 
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[Completion]:
@@ -194,6 +200,8 @@ class TransformersBackend:
     # -- the fast path ---------------------------------------------------------------------------
 
     def _eos_ids(self) -> set[int]:
+        if self.eos_token_ids is not None:
+            return self.eos_token_ids
         config = getattr(self.model, "generation_config", None)
         eos = getattr(config, "eos_token_id", None)
         if eos is None:

@@ -10,8 +10,9 @@ and why it is faster on a small CPU:
   by reading the weights), long ones a few at a time (no 16 x 2,800-token padded batch).
 * **Per-row stopping and dropping finished rows.** lm-eval's stop criterion ends a batch only
   when *every* row has produced the *same* stop string, so one rambling row keeps 15 finished
-  ones decoding to ``max_gen_toks``. Here each row stops at its own first stop string or EOS and
-  is removed from the batch (and from the KV cache) at once.
+  ones decoding to ``max_gen_toks``. Here each row stops at its own first stop string or EOS.
+  Decoding is the stages' loop (``refine_af.generation.TransformersBackend``): a preallocated KV
+  cache written in place, finished rows removed from the batch.
 * **Input truncation (a documented scoring choice).** Prompts longer than
   ``max_input_tokens`` (default 1,024, Tk-Instruct's standard setting) lose the end of the task
   input, never the final ``"\\nOutput:"`` cue. lm-eval's ``hf`` model would keep the whole prompt
@@ -38,6 +39,7 @@ from lm_eval.models.utils import handle_stop_sequences, postprocess_generated_te
 from tqdm import tqdm
 
 from refine_af.evaluation.prompts import OUTPUT_CUE
+from refine_af.generation import SamplingParams, TransformersBackend
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +176,6 @@ class RefineAFLM(HFLM):
                 )
             pbar.update(len(batch))
 
-    @torch.inference_mode()
     def _greedy_batch(
         self,
         prompts: list[list[int]],
@@ -182,64 +183,12 @@ class RefineAFLM(HFLM):
         until: list[str],
         eos_ids: set[int],
     ) -> list[list[int]]:
-        """Greedy continuation of left-padded prompts; rows leave the batch when done."""
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            mask[row, width - len(prompt) :] = 1
-        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
+        """Greedy continuations through the stages' decode loop; EOS is not part of an answer."""
+        backend = TransformersBackend(
+            self.model, self.tokenizer, batch_size=len(prompts), eos_token_ids=eos_ids
         )
-        cache = out.past_key_values
-        next_tokens = out.logits[:, -1, :].argmax(-1)
-        outputs: list[list[int]] = [[] for _ in prompts]
-        active = list(range(len(prompts)))
-        stop_strings = [s for s in until if s]
-        # Only the tail can contain a new stop string: decode a window a little longer than the
-        # longest stop string in tokens (tokenisations of the same text can differ slightly).
-        window = 4 + max(
-            (len(self.tokenizer(s, add_special_tokens=False)["input_ids"]) for s in stop_strings),
-            default=0,
+        params = SamplingParams(
+            max_new_tokens=max_new_tokens, temperature=0.0, stop=tuple(s for s in until if s)
         )
-        for step in range(max_new_tokens):
-            keep: list[int] = []
-            for slot, row in enumerate(active):
-                token = int(next_tokens[slot])
-                if token in eos_ids:
-                    continue  # EOS is not part of the answer
-                outputs[row].append(token)
-                if step + 1 >= max_new_tokens:
-                    continue
-                tail = self.tokenizer.decode(outputs[row][-window:], skip_special_tokens=False)
-                if any(s in tail for s in stop_strings):
-                    continue
-                keep.append(slot)
-            if not keep:
-                break
-            if len(keep) < len(active):
-                index = torch.tensor(keep, dtype=torch.long, device=self.device)
-                cache.batch_select_indices(index)
-                mask = mask.index_select(0, index)
-                next_tokens = next_tokens.index_select(0, index)
-                active = [active[k] for k in keep]
-            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-            positions = (mask.sum(-1, keepdim=True) - 1).clamp(min=0)
-            out = self.model(
-                input_ids=next_tokens[:, None],
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-            )
-            cache = out.past_key_values
-            next_tokens = out.logits[:, -1, :].argmax(-1)
-        return outputs
+        generated = backend.generate_ids(prompts, params)
+        return [ids[:-1] if ids and ids[-1] in eos_ids else ids for ids in generated]

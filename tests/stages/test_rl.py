@@ -269,3 +269,42 @@ def test_metrics_record_and_summary():
     assert rl.metrics_record(3, {"train_runtime": 1.0}) is None
     records = [{"step": i, "reward_combined": float(i)} for i in range(1, 11)]
     assert rl.summarize(records)["reward_combined"] == {"first": 3.0, "last": 8.0}
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_with_accelerate_launch(tmp_path, tiny_model_dir):
+    """`accelerate launch --cpu --num_processes 2 refineaf rl`: DDP over gloo, one set of logs."""
+    import subprocess
+    import sys
+
+    write_instructions(tmp_path)
+    overrides = [
+        f"run.output_dir={tmp_path}",
+        f"run.model={tiny_model_dir}",
+        "run.device=cpu",
+        f"rl.reward_model=causal:{tiny_model_dir}",
+        f"rl.evaluator={tiny_model_dir}",
+        "rl.num_steps=2",
+        "rl.per_device_batch_size=4",
+        "rl.num_generations=2",
+        "rl.max_completion_length=8",
+        "rl.save_steps=1",
+        "rl.lora_r=4",
+        "rl.lora_alpha=8",
+    ]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes=2"]
+    launcher += ["--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no"]
+    script = tmp_path / "refineaf_cli.py"
+    script.write_text("from refine_af.cli import cli\n\ncli()\n")
+    result = subprocess.run(
+        [*launcher, str(script), "rl", "-c", "default", *overrides],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tmp_path / "rl"
+    assert (folder / "adapter" / "adapter_config.json").is_file()
+    # Only the main process logs: one metrics line per step, not two.
+    assert [m["step"] for m in rl.read_jsonl(folder / "metrics.jsonl")] == [1, 2]
+    assert RunDirectory(tmp_path).stage_status("rl")["state"] == "done"
