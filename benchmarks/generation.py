@@ -3,13 +3,16 @@
 Run by hand from the repository root::
 
     OMP_NUM_THREADS=2 python benchmarks/generation.py                 # batch 1 and 32
-    python benchmarks/generation.py --batch-sizes 1,32,64 --max-new-tokens 160 \
+    python benchmarks/generation.py --batch-sizes 64,1 --max-new-tokens 160 \
         --seed-tasks ../shared/data/self_instruct_seed_tasks.jsonl
+    python benchmarks/generation.py --workload short --batch-sizes 64 --max-new-tokens 128
 
-It loads the embedded default model (SmolLM2-135M-Instruct, CPU float32) and builds realistic
-stage-1 prompts: ``refine_af.prompts.instruction_prompt`` with 8 seed instructions drawn at random
-(seeded) from the seed file, in the chat template. Every batch size is measured with stage 1's
-sampling settings (temperature 0.7, top-p 0.5, presence penalty 2.0, stop "\\n\\n") twice, on the
+It loads the embedded default model (SmolLM2-135M-Instruct, CPU float32). ``--workload stage1``
+(the default) builds realistic stage-1 prompts: ``refine_af.prompts.instruction_prompt`` with 8
+seed instructions drawn at random (seeded) from the seed file, in the chat template, sampled with
+stage 1's settings (temperature 0.7, top-p 0.5, presence penalty 2.0, stop "\\n\\n").
+``--workload short`` asks one-line questions with long answers instead (temperature 0.7, no stop
+string), where decoding dominates. Every batch size is measured twice, on the
 same prompts and in the same process:
 
 (a) reference: plain ``model.generate`` on the left-padded batch (what ``TransformersBackend`` did
