@@ -271,7 +271,6 @@ def test_metrics_record_and_summary():
     assert rl.summarize(records)["reward_combined"] == {"first": 3.0, "last": 8.0}
 
 
-@pytest.mark.slow
 def test_two_cpu_processes_with_accelerate_launch(tmp_path, tiny_model_dir):
     """`accelerate launch --cpu --num_processes 2 refineaf rl`: DDP over gloo, one set of logs."""
     import subprocess
