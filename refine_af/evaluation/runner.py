@@ -87,7 +87,10 @@ class EvalConfig:
     output_dir: str = help_field("runs/eval/default", "Where samples and the report go.")
     compare: list[list[str]] = field(
         default_factory=list,
-        metadata={"help": "Row pairs [a, b] to compare (a vs b); empty: every row vs the first."},
+        metadata={
+            "help": "Row pairs [a, b] to compare (a vs b); empty: every row vs each row above it "
+            "(rows vanilla, baseline, refine_af give the paper's refine_af vs baseline too)."
+        },
     )
     bootstrap_samples: int = help_field(1000, "Paired bootstrap resamples for the CIs.")
     seed: int = help_field(1234, "Seed of the bootstrap (decoding is greedy).")
@@ -113,8 +116,8 @@ class EvalConfig:
     def pairs(self) -> list[tuple[str, str]]:
         if self.compare:
             return [(a, b) for a, b in self.compare]
-        first = self.rows[0].name
-        return [(row.name, first) for row in self.rows[1:]]
+        names = [row.name for row in self.rows]
+        return [(later, earlier) for i, later in enumerate(names) for earlier in names[:i]]
 
     def data_settings(self) -> DataSettings:
         env = DataSettings.from_metadata()

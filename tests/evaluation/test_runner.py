@@ -35,6 +35,18 @@ def test_config_errors() -> None:
         EvalConfig(rows=[RowConfig("a")], compare=[["a", "b"]])
 
 
+def test_default_comparisons_pair_every_row_with_each_row_above_it() -> None:
+    rows = [RowConfig("vanilla"), RowConfig("baseline"), RowConfig("refine_af")]
+    assert EvalConfig(rows=rows).pairs() == [
+        ("baseline", "vanilla"),
+        ("refine_af", "vanilla"),
+        ("refine_af", "baseline"),  # the paper's headline comparison
+    ]
+    assert EvalConfig(rows=rows, compare=[["refine_af", "baseline"]]).pairs() == [
+        ("refine_af", "baseline")
+    ]
+
+
 def test_missing_adapter_is_one_clear_line(tmp_path: Path) -> None:
     config = EvalConfig(
         rows=[RowConfig("vanilla"), RowConfig("refine_af", str(tmp_path / "nope"))],
