@@ -301,8 +301,8 @@ class TransformersBackend:
 
         Top-k comes first in ``generate``'s pipeline and temperature does not change the order, so
         only the ``top_k`` best logits can be drawn: the warpers and the draw run on those alone
-        (a sort and a multinomial over 50 entries instead of the whole vocabulary, which cost as
-        much as a forward pass at batch 64). The distribution is ``generate``'s.
+        (a sort and a multinomial over 50 entries instead of the whole vocabulary, which cost
+        nearly half a forward pass at batch 64). The distribution is ``generate``'s.
         """
         import torch
 
@@ -365,7 +365,7 @@ class TransformersBackend:
             live = [j for j, row in enumerate(slots) if row is not None]
             if not live:
                 break
-            # Removing rows copies the whole cache, about what one step costs, so it waits until
+            # Removing rows copies the whole cache, about half a step's cost, so it waits until
             # a quarter of the batch is finished rows; until then they ride along.
             if len(slots) - len(live) >= max(1, len(slots) // 4):
                 index = torch.tensor(live, device=device)

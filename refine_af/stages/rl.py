@@ -442,7 +442,7 @@ def make_rollout(settings: RLConfig, tokenizer: Any) -> Any:
         prompt_ids = tokenizer(text=list(prompts))["input_ids"]
         # Sampling runs on the LoRA weights merged into the base weights (as TRL does before it
         # hands weights to vLLM): one matrix product per layer instead of three, and no LoRA
-        # dropout, which on CPU cost more than the model's own matrix products. The merge is
+        # dropout, which on CPU costs half as much as the model's own matrix products. The merge is
         # undone before the loss sees the model.
         merged = hasattr(policy, "merge_adapter")
         if merged:
