@@ -77,7 +77,8 @@ def main() -> int:
         out = Path(tmp)
         plain = [
             "lm_eval", "--model", "hf",
-            "--model_args", f"pretrained={model},device=cpu,dtype=float32",
+            # lm-eval 0.4.13 passes its own --device; a device in model_args clashes with it.
+            "--model_args", f"pretrained={model},dtype=float32", "--device", "cpu",
             "--include_path", str(tasks_dir()),
             "--tasks", ",".join(lm_eval_task_name(t, config.prompt) for t in tasks),
             "--limit", str(limit), "--batch_size", str(args.batch_size),
