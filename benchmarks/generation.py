@@ -143,11 +143,7 @@ def main() -> None:
             )
         ratio = rates["project TransformersBackend"] / rates["reference model.generate"]
         print(f"{size:>5}  project / reference: {ratio:.2f}x", flush=True)
-        timing = (
-            variants[0][1].timing
-            if variants[0][0].startswith("project")
-            else (variants[1][1].timing)
-        )
+        timing = dict(variants)["project TransformersBackend"].timing
         print(
             f"{size:>5}  project split: prefill {timing.prompt_tokens} prompt tokens in "
             f"{timing.prefill_seconds:.1f} s ({timing.prompt_tokens / timing.prefill_seconds:.0f}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -94,7 +94,7 @@ class TransformersBackend:
       ``torch.cat`` every step;
     * a row that emits EOS, a stop string or its last allowed token is finished at once, and
       finished rows leave the batch (and the cache) once they are a quarter of it: ``generate``
-      keeps every row until the last one is done, and with the ``"\n\n"`` stop of stage 1 most
+      keeps every row until the last one is done, and with the ``"\\n\\n"`` stop of stage 1 most
       rows end long before the slowest;
     * sampling draws among the top-k logits only (``generate``'s distribution, see ``_sample``);
     * prompts are pre-filled in groups of similar length (prompts sorted longest first, a group
@@ -144,35 +144,36 @@ class TransformersBackend:
         self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams
     ) -> list[list[int]]:
         """The new token ids of each prompt (ending with the EOS id where EOS ended it)."""
+        return self._by_length(
+            [len(ids) for ids in prompt_ids],
+            lambda batch: self._decode_loop([list(prompt_ids[i]) for i in batch], params),
+        )
+
+    def _by_length(
+        self, lengths: list[int], run: Callable[[list[int]], list[list[int]]]
+    ) -> list[list[int]]:
+        """``run`` on batches of indices, longest prompts first; results in the input order."""
         import torch
 
-        order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
-        results: list[list[int]] = [[] for _ in prompt_ids]
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        results: list[list[int]] = [[] for _ in lengths]
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
             with torch.inference_mode():
-                new_tokens = self._decode_loop([list(prompt_ids[i]) for i in batch], params)
-            for row, index in enumerate(batch):
-                results[index] = new_tokens[row]
+                for index, ids in zip(batch, run(batch), strict=True):
+                    results[index] = ids
         return results
+
+    # -- the reference path: plain ``model.generate`` ------------------------------------------
 
     def _generate_reference(
         self, prompts: Sequence[str], params: SamplingParams
     ) -> list[Completion]:
-        import torch
-
-        all_ids = self.tokenizer(list(prompts))["input_ids"]
-        order = sorted(range(len(prompts)), key=lambda i: -len(all_ids[i]))
-        results: list[Completion | None] = [None] * len(prompts)
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            with torch.inference_mode():
-                new_tokens = self._reference_generate([prompts[i] for i in batch], params)
-            for row, index in enumerate(batch):
-                results[index] = self._completion(new_tokens[row], params)
-        return [r for r in results if r is not None]
-
-    # -- the reference path: plain ``model.generate`` ------------------------------------------
+        lengths = [len(ids) for ids in self.tokenizer(list(prompts))["input_ids"]]
+        new_ids = self._by_length(
+            lengths, lambda batch: self._reference_generate([prompts[i] for i in batch], params)
+        )
+        return [self._completion(ids, params) for ids in new_ids]
 
     def _reference_generate(self, prompts: list[str], params: SamplingParams) -> list[list[int]]:
         encoded = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.model.device)
