@@ -28,11 +28,25 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except UserError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(2)
+        except OSError as error:
+            # A full disk or a folder that may not be written: the system's reason in one line
+            # (--verbose shows where it happened).
+            if _verbose():
+                raise
+            where = f": {error.filename}" if getattr(error, "filename", None) else ""
+            click.echo(f"error: {error.strerror or error}{where}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted: run the same command again to continue", err=True)
             sys.exit(130)
 
     return wrapper
+
+
+def _verbose() -> bool:
+    context = click.get_current_context(silent=True)
+    root = context.find_root() if context is not None else None
+    return bool(root and root.params.get("verbose"))
 
 
 def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -49,21 +63,24 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def prepare_run(config_name: str, overrides: tuple[str, ...], extra: list[str]) -> Any:
-    """Load the config with overrides, open its run directory and record the config there."""
+    """Load the config with overrides and open its run directory.
+
+    The resolved config is recorded there when a stage starts work, after its inputs were
+    checked: a command that fails on bad input leaves the run directory as it was.
+    """
     from refine_af.config import to_dict
-    from refine_af.run_config import load_config
     from refine_af.run_dir import RunDirectory
+    from refine_af.train_config import load_config
 
     config = load_config(config_name, [*extra, *overrides])
-    run_dir = RunDirectory(config.run.output_dir)
     command = "refineaf " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    run_dir.record_config(to_dict(config), command)
-    return config, run_dir
+    return config, RunDirectory(config.run.output_dir, to_dict(config), command)
 
 
 @click.group()
 @click.version_option(package_name="refine_af")
-def cli() -> None:
+@click.option("--verbose", is_flag=True, help="Show library output and full tracebacks.")
+def cli(verbose: bool) -> None:
     """REFINE-AF: instruction-tune a small LLM on self-generated data with RL from automated
     feedback, and score it on SuperNI."""
     # transformers 5.x warns on every forward pass that passes a cache as `past_key_values`
@@ -80,7 +97,7 @@ def cli() -> None:
 def show_config(config_name: str, overrides: tuple[str, ...]) -> None:
     """Print the resolved config (after overrides) as YAML."""
     from refine_af.config import dump_yaml, to_dict
-    from refine_af.run_config import load_config
+    from refine_af.train_config import load_config
 
     click.echo(dump_yaml(to_dict(load_config(config_name, overrides))), nl=False)
 
@@ -117,17 +134,22 @@ def generate_instructions(
 @cli.command("rl")
 @config_options
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in RUN/rl.")
-@click.option("--num-steps", type=int, default=None, help="Optimizer steps (rl.num_steps).")
+@click.option("--restart", is_flag=True, help="Set earlier checkpoints aside and start over.")
+@click.option("--max-steps", type=int, default=None, help="Optimizer steps (rl.max_steps).")
 @handle_errors
 def rl_command(
-    config_name: str, overrides: tuple[str, ...], resume: bool, num_steps: int | None
+    config_name: str,
+    overrides: tuple[str, ...],
+    resume: bool,
+    restart: bool,
+    max_steps: int | None,
 ) -> None:
     """Stage 2: RL from automated feedback on the stage-1 instructions (LoRA, GRPO/RLOO)."""
     from refine_af.stages import rl
 
-    extra = [f"rl.num_steps={num_steps}"] if num_steps is not None else []
+    extra = [f"rl.max_steps={max_steps}"] if max_steps is not None else []
     config, run_dir = prepare_run(config_name, overrides, extra)
-    summary = rl.run(config, run_dir, resume=resume)
+    summary = rl.run(config, run_dir, resume=resume, restart=restart)
     if not summary:
         return  # a non-main process of `accelerate launch`
     combined = summary.get("reward_combined", {})

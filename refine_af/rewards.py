@@ -21,25 +21,27 @@ Scorers (all loaded once, batched, run without gradients on their own device):
   ``causal:<model>``) it returns the log-odds ``log P(Yes) − log P(No)`` of "is this a good
   response?", an unbounded score like a reward model's logit rather than a probability.
 
-:class:`InstanceRewards` turns completions into parsed instances, scores every component once per
-batch and hands TRL one plain function per component (each logged as ``rewards/<name>/mean``)
-plus a ``format`` reward: 0 for a parseable instance, ``−format_penalty`` otherwise. Components of
-an unparseable completion are ``None`` (TRL's NaN: left out of the component means), so its total
-is the penalty alone. The combined paper formula, intercept included, is computed for every
-sample, logged as ``reward_combined`` and written to the sample log.
+Rewards are plain functions registered by name (:func:`register_reward`); ``rl.reward_weights``
+names the ones that count. :class:`AutomatedFeedback` computes, once per batch, the scorer
+signals the active rewards read; :class:`WeightedRewards` combines the rewards' values with the
+weights and the intercept (stage 2 and ``refineaf score`` share it); :class:`TRLRewards` hands them
+to TRL, one function per reward (each logged as ``rewards/<name>/mean``) plus ``format``: 0 for a
+completion that parses as an instance, -1 otherwise, weighted by ``rl.format_penalty``. Values of
+an unparseable completion are None (TRL's NaN: left out of the means), so its total is the
+penalty alone. The combined reward, intercept included, is logged as ``reward_combined`` and
+written to the sample log.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from refine_af.config import ConfigError
 from refine_af.errors import UserError
 from refine_af.instance_format import ParsedInstance, parse_instance
 
-COMPONENTS = ("reward_model", "understandability", "naturalness", "coherence")
 DIMENSIONS = ("understandability", "naturalness", "coherence")
 FORMAT_REWARD = "format"
 PAPER_WEIGHTS: dict[str, float] = {
@@ -82,19 +84,16 @@ def instance_context(instruction: str, input_text: str) -> str:
 
 
 def combine(
-    components: Mapping[str, float | None],
-    weights: Mapping[str, float],
-    intercept: float,
-    format_reward: float = 0.0,
+    values: Mapping[str, float | None], weights: Mapping[str, float], intercept: float
 ) -> float:
-    """The weighted reward of one sample: ``intercept + Σ w·component + format_reward``.
+    """The weighted reward of one sample: ``intercept + Σ weight·value``.
 
-    A missing or ``None`` component counts as 0 (an unparseable completion has none); a
-    component with no weight is ignored.
+    A missing or None value (an unparseable completion has none) counts as 0; a value without a
+    weight is ignored.
     """
-    total = intercept + format_reward
+    total = intercept
     for name, weight in weights.items():
-        value = components.get(name)
+        value = values.get(name)
         if value is not None and weight:
             total += weight * value
     return total
@@ -385,81 +384,48 @@ class ScorerLoader:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reward functions.
+# Automated feedback: the scorers' signals for a batch of instances.
 
-_TASK_IN_PROMPT = re.compile(r"Task: (.*?)\n\nUse exactly this format", re.DOTALL)
-
-
-def _completion_text(completion: Any) -> str:
-    """A completion as text (TRL passes message lists for conversational datasets)."""
-    if isinstance(completion, list):
-        return "".join(str(m.get("content", "")) for m in completion if isinstance(m, dict))
-    return str(completion)
+# What the scorers can say about an instance; each is computed only when an active reward
+# reads it.
+SIGNALS = ("reward_model", "understandability", "naturalness", "coherence")
 
 
 @dataclass
-class ScoredSample:
-    """Everything computed for one completion."""
+class Feedback:
+    """One batch of instances and the scorer signals the active rewards asked for.
 
-    instruction: str
-    completion: str
-    instance: ParsedInstance | None
-    components: dict[str, float | None]
-    format_reward: float
-    combined: float
-
-
-class InstanceRewards:
-    """Scores batches of completions once and exposes one TRL reward function per component.
-
-    TRL calls the functions one after another with the same ``prompts``/``completions`` lists;
-    the first call scores every component for the batch (the evaluator's three questions in one
-    batched pass) and the others read the cached result.
+    ``instances[i]`` is None for a completion that did not parse as an instance; its signals are
+    None too. Reward functions receive this as their ``feedback`` keyword argument.
     """
 
+    instructions: list[str]
+    instances: list[ParsedInstance | None]
+    signals: dict[str, list[float | None]]
+
+
+class AutomatedFeedback:
+    """The reward model and the evaluator, asked in one batched pass per scorer."""
+
     def __init__(
-        self,
-        reward_model: Scorer | None,
-        evaluator: Scorer | None,
-        weights: Mapping[str, float],
-        intercept: float = PAPER_INTERCEPT,
-        format_penalty: float = 1.0,
-        sample_sink: Callable[[int, list[ScoredSample]], None] | None = None,
+        self, reward_model: Scorer | None, evaluator: Scorer | None, signals: Collection[str]
     ) -> None:
-        unknown = set(weights) - set(COMPONENTS)
-        if unknown:
-            raise UserError(f"unknown reward components {sorted(unknown)}: use {list(COMPONENTS)}")
-        self.weights = dict(weights)
-        # Components with weight 0 are neither computed nor logged: they can't move the policy.
-        self.active = [name for name in COMPONENTS if self.weights.get(name, 0.0) != 0.0]
-        if "reward_model" in self.active and reward_model is None:
-            raise UserError("reward_model has a weight but no reward model scorer was given")
-        if any(d in self.active for d in DIMENSIONS) and evaluator is None:
-            raise UserError("an evaluator dimension has a weight but no evaluator was given")
+        self.signals = [name for name in SIGNALS if name in signals]
+        if "reward_model" in self.signals and reward_model is None:
+            raise UserError("a reward reads the reward model's score but no reward model is set")
+        if any(name in DIMENSIONS for name in self.signals) and evaluator is None:
+            raise UserError("a reward reads an evaluator dimension but no evaluator is set")
         self.reward_model_scorer = reward_model
         self.evaluator_scorer = evaluator
-        self.intercept = intercept
-        self.format_penalty = format_penalty
-        self.sample_sink = sample_sink
-        self._cache_key: tuple[tuple[str, ...], tuple[str, ...]] | None = None
-        self._cache: list[ScoredSample] = []
 
-    # -- scoring ------------------------------------------------------------------------------
-
-    def _reward_model_texts(self, samples: list[tuple[str, ParsedInstance]]) -> list[str]:
+    def _reward_model_text(self, instruction: str, instance: ParsedInstance) -> str:
         scorer = self.reward_model_scorer
-        texts = []
-        for instruction, instance in samples:
-            context = instance_context(instruction, instance.input)
-            if isinstance(scorer, CausalYesNoScorer):
-                texts.append(
-                    scorer.prompt(CAUSAL_QUESTIONS["reward_model"], instance.output, context)
-                )
-            elif isinstance(scorer, SequenceClassificationScorer):
-                texts.append(scorer.prompt(context, instance.output))
-            else:  # a custom scorer gets the same text a reward model would
-                texts.append(f"{context}\n\n{instance.output}")
-        return texts
+        context = instance_context(instruction, instance.input)
+        if isinstance(scorer, CausalYesNoScorer):
+            return scorer.prompt(CAUSAL_QUESTIONS["reward_model"], instance.output, context)
+        if isinstance(scorer, SequenceClassificationScorer):
+            return scorer.prompt(context, instance.output)
+        return f"{context}\n\n{instance.output}"  # a custom scorer gets what an RM would
 
     def _evaluator_text(self, dimension: str, instruction: str, instance: ParsedInstance) -> str:
         scorer = self.evaluator_scorer
@@ -474,85 +440,239 @@ class InstanceRewards:
             )
         return f"{dimension}\n\n{context}\n\n{instance.output}"
 
-    def score_samples(
-        self, instructions: Sequence[str], completions: Sequence[Any]
+    def score(
+        self, instructions: Sequence[str], instances: Sequence[ParsedInstance | None]
+    ) -> Feedback:
+        """Every requested signal for every parsed instance (None for the unparsed ones)."""
+        parsed = [(i, inst) for i, inst in enumerate(instances) if inst is not None]
+        signals: dict[str, list[float | None]] = {
+            name: [None] * len(instances) for name in self.signals
+        }
+        if parsed and "reward_model" in self.signals:
+            assert self.reward_model_scorer is not None
+            texts = [self._reward_model_text(instructions[i], inst) for i, inst in parsed]
+            for (index, _), value in zip(
+                parsed, self.reward_model_scorer.score(texts), strict=True
+            ):
+                signals["reward_model"][index] = value
+        dimensions = [d for d in DIMENSIONS if d in self.signals]
+        if parsed and dimensions:
+            assert self.evaluator_scorer is not None
+            # The three questions go in one batched pass, so they share padding-efficient batches.
+            jobs = [(d, index, inst) for d in dimensions for index, inst in parsed]
+            texts = [self._evaluator_text(d, instructions[i], inst) for d, i, inst in jobs]
+            for (dimension, index, _), value in zip(
+                jobs, self.evaluator_scorer.score(texts), strict=True
+            ):
+                signals[dimension][index] = value
+        return Feedback(list(instructions), list(instances), signals)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reward functions, by name.
+#
+# A reward is a plain function with TRL's signature, ``f(prompts, completions, **kwargs) ->
+# list[float | None]``; it also receives ``feedback`` (a :class:`Feedback`) among the keyword
+# arguments, plus TRL's own (dataset columns such as ``instruction``, ``trainer_state``). None
+# means "no value" (TRL's NaN: left out of that reward's mean). Registering a name makes it a
+# valid key of ``rl.reward_weights``; TRL logs each one as ``rewards/<name>/mean``.
+
+RewardFunction = Callable[..., list[float | None]]
+
+
+@dataclass(frozen=True)
+class RegisteredReward:
+    name: str
+    function: RewardFunction
+    signals: tuple[str, ...]  # the scorer signals the function reads from ``feedback``
+
+
+REWARDS: dict[str, RegisteredReward] = {}
+
+
+def register_reward(
+    name: str, signals: Sequence[str] = ()
+) -> Callable[[RewardFunction], RewardFunction]:
+    """Decorator: make ``function`` the reward called ``name`` (see CONTRIBUTING.md)."""
+
+    def decorate(function: RewardFunction) -> RewardFunction:
+        if name in REWARDS:
+            raise ValueError(f"a reward named {name!r} is already registered")
+        unknown = set(signals) - set(SIGNALS)
+        if unknown:
+            raise ValueError(f"reward {name!r} reads unknown signals {sorted(unknown)}")
+        REWARDS[name] = RegisteredReward(name, function, tuple(signals))
+        return function
+
+    return decorate
+
+
+@register_reward("reward_model", signals=["reward_model"])
+def reward_model_score(prompts: Any, completions: Any, *, feedback: Feedback, **_: Any) -> list:
+    """The reward model's score of (instruction + input, output). Paper: OASST's RM."""
+    return feedback.signals["reward_model"]
+
+
+@register_reward("understandability", signals=["understandability"])
+def understandability(prompts: Any, completions: Any, *, feedback: Feedback, **_: Any) -> list:
+    """UniEval: P(Yes) to "Is this an understandable response in the dialogue?"."""
+    return feedback.signals["understandability"]
+
+
+@register_reward("naturalness", signals=["naturalness"])
+def naturalness(prompts: Any, completions: Any, *, feedback: Feedback, **_: Any) -> list:
+    """UniEval: P(Yes) to "Is this a natural response in the dialogue?"."""
+    return feedback.signals["naturalness"]
+
+
+@register_reward("coherence", signals=["coherence"])
+def coherence(prompts: Any, completions: Any, *, feedback: Feedback, **_: Any) -> list:
+    """UniEval: P(Yes) to "Is this a coherent response given the dialogue history?"."""
+    return feedback.signals["coherence"]
+
+
+def format_reward(prompts: Any, completions: Any, *, feedback: Feedback, **_: Any) -> list:
+    """0 for a completion that parses as an instance, -1 otherwise (weight: rl.format_penalty).
+
+    Not in the registry: it is always on, weighted by ``rl.format_penalty`` rather than by a
+    ``reward_weights`` entry.
+    """
+    return [0.0 if instance is not None else -1.0 for instance in feedback.instances]
+
+
+def check_reward_weights(weights: Mapping[str, float]) -> None:
+    """Config check: every weighted name is a registered reward; at least one weight is set."""
+    unknown = sorted(set(weights) - set(REWARDS))
+    if FORMAT_REWARD in unknown:
+        raise ConfigError(
+            "rl.reward_weights.format: the format penalty's weight is rl.format_penalty"
+        )
+    if unknown:
+        raise ConfigError(
+            f"rl.reward_weights has unknown rewards {unknown}: registered rewards are "
+            f"{', '.join(REWARDS)}"
+        )
+    if not any(weights.values()):
+        raise ConfigError("rl.reward_weights are all 0: give at least one reward a weight")
+
+
+def active_rewards(weights: Mapping[str, float]) -> list[RegisteredReward]:
+    """Rewards with a non-zero weight, in registry order (a 0 weight cannot move the policy)."""
+    return [REWARDS[name] for name in REWARDS if weights.get(name, 0.0)]
+
+
+def needed_signals(weights: Mapping[str, float]) -> set[str]:
+    return {signal for reward in active_rewards(weights) for signal in reward.signals}
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring instances (stage 2 and ``refineaf score`` share this) and TRL's interface.
+
+
+@dataclass
+class ScoredSample:
+    """Everything computed for one instance or completion."""
+
+    instruction: str
+    completion: str | None
+    instance: ParsedInstance | None
+    values: dict[str, float | None]  # each active reward's value (and "format" in stage 2)
+    combined: float  # the paper's weighted sum, intercept included
+
+
+@dataclass
+class WeightedRewards:
+    """The weighted automated feedback: which rewards, their weights, the intercept."""
+
+    feedback: AutomatedFeedback
+    weights: dict[str, float]
+    intercept: float = PAPER_INTERCEPT
+    format_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_reward_weights(self.weights)
+        self.active = active_rewards(self.weights)
+
+    def evaluate(
+        self,
+        feedback: Feedback,
+        completions: Sequence[str | None],
+        with_format: bool,
+        kwargs: Mapping[str, Any] | None = None,
     ) -> list[ScoredSample]:
-        """Parse and score a batch; the result is cached for the other reward functions."""
+        """Each active reward's value per instance, and the combined reward."""
+        kwargs = dict(kwargs or {})
+        prompts = kwargs.pop("prompts", [None] * len(completions))
+        values = {
+            reward.name: reward.function(prompts, list(completions), feedback=feedback, **kwargs)
+            for reward in self.active
+        }
+        if with_format:
+            values[FORMAT_REWARD] = format_reward(prompts, completions, feedback=feedback)
+        samples = []
+        for index, instance in enumerate(feedback.instances):
+            row = {name: column[index] for name, column in values.items()}
+            total = self.intercept
+            for name, value in row.items():
+                weight = self.format_penalty if name == FORMAT_REWARD else self.weights[name]
+                if value is not None:
+                    total += weight * value
+            samples.append(
+                ScoredSample(feedback.instructions[index], completions[index], instance, row, total)
+            )
+        return samples
+
+    def score_instances(
+        self, instructions: Sequence[str], instances: Sequence[ParsedInstance]
+    ) -> list[ScoredSample]:
+        """Score ready instances (``refineaf score``): the same numbers stage 2 computes."""
+        feedback = self.feedback.score(instructions, instances)
+        return self.evaluate(feedback, [None] * len(instances), with_format=False)
+
+
+class TRLRewards:
+    """The rewards as TRL reward functions; each batch is parsed and scored once.
+
+    TRL calls the functions one after another with the same ``prompts``/``completions``; the
+    first call parses and scores the batch (and logs the combined reward and the sample log),
+    the others read the cached result. The instruction comes from the dataset's ``instruction``
+    column, which TRL passes as a keyword argument.
+    """
+
+    def __init__(
+        self,
+        model: WeightedRewards,
+        sample_sink: Callable[[int, list[ScoredSample]], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.sample_sink = sample_sink
+        self._cache_key: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        self._cache: list[ScoredSample] = []
+
+    def samples(
+        self, prompts: Sequence[Any], completions: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> list[ScoredSample]:
+        if "instruction" not in kwargs:
+            raise UserError("the RL training rows need an 'instruction' column")
+        instructions = [str(x) for x in kwargs["instruction"]]
         texts = [_completion_text(c) for c in completions]
         key = (tuple(instructions), tuple(texts))
         if key == self._cache_key:
             return self._cache
         instances = [parse_instance(text) for text in texts]
-        parsed = [
-            (i, (instructions[i], inst)) for i, inst in enumerate(instances) if inst is not None
-        ]
-        values: dict[str, list[float | None]] = {name: [None] * len(texts) for name in COMPONENTS}
-        if parsed and "reward_model" in self.active:
-            assert self.reward_model_scorer is not None
-            scores = self.reward_model_scorer.score(
-                self._reward_model_texts([p for _, p in parsed])
-            )
-            for (index, _), score in zip(parsed, scores, strict=True):
-                values["reward_model"][index] = score
-        dimensions = [d for d in DIMENSIONS if d in self.active]
-        if parsed and dimensions:
-            assert self.evaluator_scorer is not None
-            jobs = [(d, index, sample) for d in dimensions for index, sample in parsed]
-            scores = self.evaluator_scorer.score(
-                [self._evaluator_text(d, instr, inst) for d, _, (instr, inst) in jobs]
-            )
-            for (dimension, index, _), score in zip(jobs, scores, strict=True):
-                values[dimension][index] = score
-        samples = []
-        for index, (instruction, text) in enumerate(zip(instructions, texts, strict=True)):
-            components = {name: values[name][index] for name in self.active}
-            format_reward = 0.0 if instances[index] is not None else -self.format_penalty
-            samples.append(
-                ScoredSample(
-                    instruction=instruction,
-                    completion=text,
-                    instance=instances[index],
-                    components=components,
-                    format_reward=format_reward,
-                    combined=combine(components, self.weights, self.intercept, format_reward),
-                )
-            )
+        feedback = self.model.feedback.score(instructions, instances)
+        extra = {k: v for k, v in kwargs.items() if k not in ("log_metric", "log_extra")}
+        samples = self.model.evaluate(feedback, texts, True, {"prompts": list(prompts), **extra})
+        self._log(samples, kwargs)
         self._cache_key, self._cache = key, samples
         return samples
 
-    # -- TRL's interface ----------------------------------------------------------------------
-
-    def _instructions(self, prompts: Sequence[Any], kwargs: Mapping[str, Any]) -> list[str]:
-        """The instruction of each sample: the dataset's column, else read back from the prompt."""
-        column = kwargs.get("instruction")
-        if column is not None:
-            return [str(x) for x in column]
-        found = []
-        for prompt in prompts:
-            match = _TASK_IN_PROMPT.search(_completion_text(prompt))
-            found.append(match.group(1) if match else "")
-        return found
-
-    def _component_function(self, name: str) -> Callable[..., list[float | None]]:
-        def reward(
-            prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
-        ) -> list[float | None]:
-            samples = self.score_samples(self._instructions(prompts, kwargs), completions)
-            return [s.components.get(name) for s in samples]
-
-        reward.__name__ = reward.__qualname__ = name  # TRL logs rewards/<__name__>/mean
-        return reward
-
-    def format_reward(
-        self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
-    ) -> list[float]:
-        """0 for a parseable instance, ``−format_penalty`` otherwise; logs the batch summary."""
-        samples = self.score_samples(self._instructions(prompts, kwargs), completions)
+    def _log(self, samples: list[ScoredSample], kwargs: Mapping[str, Any]) -> None:
         log_metric = kwargs.get("log_metric")
         if log_metric is not None and samples:
             log_metric("reward_combined", sum(s.combined for s in samples) / len(samples))
-            rate = sum(1 for s in samples if s.instance is None) / len(samples)
-            log_metric("format_penalty_rate", rate)
+            failed = sum(1 for s in samples if s.instance is None)
+            log_metric("format_penalty_rate", failed / len(samples))
         log_extra = kwargs.get("log_extra")
         if log_extra is not None:
             log_extra("reward_combined", [s.combined for s in samples])
@@ -561,22 +681,28 @@ class InstanceRewards:
             # Rewards are computed before the optimizer step they feed, hence the +1.
             step = (state.global_step + 1) if state is not None else 0
             self.sample_sink(step, samples)
-        return [s.format_reward for s in samples]
 
-    def reward_functions(self) -> list[Callable[..., Any]]:
-        """The functions to pass as ``reward_funcs``, in the order of :meth:`reward_weights`."""
-        functions = [self._component_function(name) for name in self.active]
-        fmt = self.format_reward
-
-        # A bound method can't be renamed, so wrap it: TRL logs it as rewards/format/mean.
-        def format_function(
+    def _function(self, name: str) -> Callable[..., list[float | None]]:
+        def reward(
             prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
-        ) -> list[float]:
-            return fmt(prompts, completions, **kwargs)
+        ) -> list[float | None]:
+            return [s.values[name] for s in self.samples(prompts, completions, kwargs)]
 
-        format_function.__name__ = format_function.__qualname__ = FORMAT_REWARD
-        return [*functions, format_function]
+        reward.__name__ = reward.__qualname__ = name  # TRL logs rewards/<__name__>/mean
+        return reward
 
-    def reward_weights(self) -> list[float]:
-        """TRL's ``reward_weights``: the configured weights, and 1 for the format reward."""
-        return [self.weights[name] for name in self.active] + [1.0]
+    def functions(self) -> list[Callable[..., Any]]:
+        """``reward_funcs`` for TRL, in the order of :meth:`weights`."""
+        names = [reward.name for reward in self.model.active] + [FORMAT_REWARD]
+        return [self._function(name) for name in names]
+
+    def weights(self) -> list[float]:
+        """TRL's ``reward_weights``: the configured weights, then the format penalty."""
+        return [self.model.weights[r.name] for r in self.model.active] + [self.model.format_penalty]
+
+
+def _completion_text(completion: Any) -> str:
+    """A completion as text (TRL passes message lists for conversational datasets)."""
+    if isinstance(completion, list):
+        return "".join(str(m.get("content", "")) for m in completion if isinstance(m, dict))
+    return str(completion)

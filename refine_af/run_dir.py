@@ -2,27 +2,32 @@
 
 Layout (each stage owns its sub-directory)::
 
-    RUN/config.yaml          resolved config of the latest invocation
-    RUN/versions.json        python, platform and package versions
-    RUN/status.json          per stage: state, fingerprint, times, summary
+    RUN/config.yaml          resolved config of the latest command that started work here
+    RUN/versions.json        python, platform and package versions of that command
+    RUN/status.json          per stage: state, key, every attempt's time, summary
+    RUN/<stage>/key          the key of the settings and inputs the folder's outputs come from
     RUN/<stage>/...          the stage's outputs
+
+The config is recorded when a stage starts work (after its inputs were checked), not when the
+command starts, so after a command that failed on bad input the run directory still describes the
+data that is in it.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import sys
-import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from refine_af.errors import UserError
+from refine_af.storage import read_json, write_json_atomic, write_text_atomic
 
 TRACKED_PACKAGES = (
     "refine_af",
@@ -36,6 +41,7 @@ TRACKED_PACKAGES = (
     "rouge_score",
     "vllm",
 )
+KEY_FILE = "key"
 
 
 def package_versions() -> dict[str, str]:
@@ -48,135 +54,176 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that a kill mid-write never leaves a truncated file."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(partial, path)
+def _now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _seconds_between(start: str, end: str) -> float:
+    return max(0.0, (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds())
+
+
+@dataclass
+class StageRecord:
+    """Handed to a running stage: fill ``summary``; call ``progress()`` after each unit of work
+    (a batch, a step), so the time of an attempt that gets killed is not lost."""
+
+    run_dir: RunDirectory
+    stage: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def progress(self) -> None:
+        self.run_dir._touch_attempt(self.stage)
 
 
 class RunDirectory:
     """One run's folder; stages record their progress here so runs can be resumed and audited."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self, path: str | Path, config: dict[str, Any] | None = None, command: str | None = None
+    ) -> None:
         self.path = Path(path)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-check"
+            probe.write_text("")
+            probe.unlink()
         except OSError as error:
-            raise UserError(f"cannot create run directory {self.path}: {error.strerror}") from error
+            reason = error.strerror or type(error).__name__
+            raise UserError(
+                f"cannot write to run directory {self.path} ({reason}): set run.output_dir to a "
+                "folder you can write to"
+            ) from error
+        self._config = config
+        self._command = command
 
     @property
     def status_file(self) -> Path:
         return self.path / "status.json"
 
-    def record_config(self, resolved: dict[str, Any], command: str) -> None:
-        """Save the resolved config and package versions of this invocation."""
+    def record_config(self) -> None:
+        """Save the resolved config and package versions of this command (once per command)."""
+        if self._config is None:
+            return
         from refine_af.config import dump_yaml
 
-        (self.path / "config.yaml").write_text(dump_yaml(resolved, header=command))
+        write_text_atomic(self.path / "config.yaml", dump_yaml(self._config, header=self._command))
         write_json_atomic(self.path / "versions.json", package_versions())
+        self._config = None
 
-    def stage_dir(self, stage: str) -> Path:
-        folder = self.path / stage
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+    # -- status ---------------------------------------------------------------------------------
 
     def read_status(self) -> dict[str, dict[str, Any]]:
-        if not self.status_file.is_file():
-            return {}
-        try:
-            return json.loads(self.status_file.read_text())
-        except json.JSONDecodeError as error:
-            raise UserError(
-                f"{self.status_file} is corrupt ({error.msg}); delete it to re-run every stage"
-            ) from error
+        return read_json(self.status_file, "delete it to re-run every stage") or {}
 
     def stage_status(self, stage: str) -> dict[str, Any]:
         return self.read_status().get(stage, {})
 
-    def update_status(self, stage: str, **fields: Any) -> None:
+    def _update(self, stage: str, **fields: Any) -> dict[str, Any]:
         status = self.read_status()
-        status.setdefault(stage, {}).update(fields)
+        entry = status.setdefault(stage, {})
+        entry.update(fields)
         write_json_atomic(self.status_file, status)
+        return entry
 
-    def is_done(self, stage: str, fingerprint: str) -> bool:
-        """True when the stage finished with exactly these inputs and settings."""
+    def is_done(self, stage: str, key: str, extent: Any = None) -> bool:
+        """True when the stage finished with exactly these inputs and settings (``key``) and got
+        as far as asked (``extent``: a target count, a step count; None for all-or-nothing)."""
         entry = self.stage_status(stage)
-        return entry.get("state") == "done" and entry.get("fingerprint") == fingerprint
+        return (
+            entry.get("state") == "done"
+            and entry.get("key") == key
+            and entry.get("extent") == extent
+        )
+
+    def _touch_attempt(self, stage: str) -> None:
+        entry = self.stage_status(stage)
+        attempts = entry.get("attempts") or []
+        if attempts and attempts[-1].get("state") == "running":
+            attempts[-1]["last_progress_at"] = _now()
+            self._update(stage, attempts=attempts)
 
     @contextmanager
-    def stage(self, stage: str, fingerprint: str) -> Iterator[dict[str, Any]]:
-        """Run a stage: marks it running, then done (with its summary) or failed/interrupted.
-
-        Yields a dict the stage fills with its summary (counts, paths); it is stored on success.
-        """
-        summary: dict[str, Any] = {}
-        previous = self.stage_status(stage)
-        started = time.time()
-        self.update_status(
-            stage,
-            state="running",
-            fingerprint=fingerprint,
-            started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
-            previous_seconds=previous.get("seconds", 0.0)
-            if previous.get("fingerprint") == fingerprint
-            else 0.0,
-            error=None,
-        )
+    def stage(self, stage: str, key: str, extent: Any = None) -> Iterator[StageRecord]:
+        """Run a stage: records the config, marks the stage running, then done (with its summary),
+        failed or interrupted. Every attempt's time is kept; a killed attempt counts up to its
+        last recorded progress."""
+        self.record_config()
+        entry = self.stage_status(stage)
+        attempts: list[dict[str, Any]] = list(entry.get("attempts") or [])
+        if attempts and attempts[-1].get("state") == "running":  # killed: it never finished
+            last = attempts[-1]
+            end = last.get("last_progress_at") or last["started_at"]
+            last.update(
+                state="killed", ended_at=end, seconds=_seconds_between(last["started_at"], end)
+            )
+        attempts.append({"key": key, "state": "running", "started_at": _now()})
+        self._update(stage, state="running", key=key, extent=extent, attempts=attempts, error=None)
+        record = StageRecord(self, stage)
         try:
-            yield summary
+            yield record
         except KeyboardInterrupt:
-            self._finish(stage, "interrupted", started, summary)
+            self._finish(stage, "interrupted", record.summary)
             raise
         except BaseException as error:
             detail = str(error) or type(error).__name__
             if not isinstance(error, UserError):
                 detail = "".join(traceback.format_exception_only(type(error), error)).strip()
-            self._finish(stage, "failed", started, summary, error=detail)
+            self._finish(stage, "failed", record.summary, error=detail)
             raise
-        self._finish(stage, "done", started, summary)
+        self._finish(stage, "done", record.summary)
 
     def _finish(
-        self,
-        stage: str,
-        state: str,
-        started: float,
-        summary: dict[str, Any],
-        error: str | None = None,
+        self, stage: str, state: str, summary: dict[str, Any], error: str | None = None
     ) -> None:
         entry = self.stage_status(stage)
-        seconds = entry.get("previous_seconds", 0.0) + (time.time() - started)
-        self.update_status(
+        attempts = entry.get("attempts") or []
+        ended = _now()
+        if attempts:
+            last = attempts[-1]
+            last.update(
+                state=state, ended_at=ended, seconds=_seconds_between(last["started_at"], ended)
+            )
+        key = entry.get("key")
+        seconds = sum(a.get("seconds", 0.0) for a in attempts if a.get("key") == key)
+        self._update(
             stage,
             state=state,
-            finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            finished_at=ended,
             seconds=round(seconds, 1),
+            attempts=attempts,
             summary=summary,
             error=error,
         )
 
+    # -- output folders -------------------------------------------------------------------------
 
-def claim_output_folder(folder: Path, key: str, restart: bool, contents: str) -> None:
-    """Bind a stage's append-only output folder to the settings (``key``) that made it.
+    def claim(self, folder: Path, key: str, restart: bool, contents: str) -> None:
+        """Bind a stage's output folder to the settings and inputs (``key``) that make it.
 
-    A folder made with another key is never extended (that would mix two pools): without
-    ``restart`` this raises a one-line error; with it the old folder is set aside under a new
-    name, never deleted, and the stage starts afresh.
-    """
-    key_file = folder / "generation_fingerprint"
-    log = folder / "batches.jsonl"
-    old_key = key_file.read_text().strip() if key_file.is_file() else key
-    if log.is_file() and old_key != key:
-        if not restart:
-            raise UserError(
-                f"{folder} holds {contents} made with other inputs or settings: use another "
-                "run.output_dir, or pass --restart to set them aside and start again"
-            )
-        aside = folder.with_name(f"{folder.name}.replaced-{old_key}")
+        A folder holding outputs made with another key is never extended (that would mix two
+        pools): without ``restart`` this raises a one-line error; with it the old folder is set
+        aside under a new name, never deleted, and the stage starts afresh.
+        """
+        key_file = folder / KEY_FILE
+        old_key = key_file.read_text().strip() if key_file.is_file() else None
+        holds_outputs = folder.is_dir() and any(p.name != KEY_FILE for p in folder.iterdir())
+        if holds_outputs and old_key != key:
+            if not restart:
+                raise UserError(
+                    f"{folder} holds {contents} made with other inputs or settings: use another "
+                    "run.output_dir, or pass --restart to set them aside and start again"
+                )
+            self.set_aside(folder, old_key or "unknown")
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(key_file, key + "\n")
+
+    @staticmethod
+    def set_aside(folder: Path, label: str) -> Path:
+        """Rename ``folder`` to a free ``<name>.replaced-<label>[-n]`` sibling; return it."""
+        aside = folder.with_name(f"{folder.name}.replaced-{label}")
         number = 1
         while aside.exists():
             number += 1
-            aside = folder.with_name(f"{folder.name}.replaced-{old_key}-{number}")
+            aside = folder.with_name(f"{folder.name}.replaced-{label}-{number}")
         folder.rename(aside)
-        folder.mkdir(parents=True)
-    key_file.write_text(key + "\n")
+        return aside

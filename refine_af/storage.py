@@ -18,6 +18,7 @@ Parsing is ``jsonlines``'s (it reports the line number of a bad line).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -160,3 +161,22 @@ def atomic_directory(target: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(partial, target)
+
+
+def file_digest(path: Path) -> str:
+    """A short SHA-256 of a file's content (streamed, so large files are fine)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def directory_digest(folder: Path) -> str:
+    """A short digest of every file in a folder (an adapter: its weights and config)."""
+    parts = [
+        f"{p.relative_to(folder)}:{file_digest(p)}"
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    ]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from refine_af.config import ConfigError, apply_overrides, packaged_config_names
-from refine_af.run_config import load_config
+from refine_af.train_config import load_config
 
 
 def test_packaged_configs_load_and_start_with_their_command() -> None:

@@ -63,7 +63,7 @@ def train(run: Path, model: Path, seeds: Path, *extra: str) -> str:
         "generate_instructions.prompts_per_batch=4",
         "generate_instances.decontaminate=false",
         "sft.max_steps=1",
-        "sft.per_device_batch_size=4",
+        "sft.per_device_train_batch_size=4",
         "sft.max_length=64",
         *extra,
     ]

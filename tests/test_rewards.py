@@ -9,17 +9,24 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from refine_af.config import ConfigError
 from refine_af.errors import UserError
+from refine_af.instance_format import ParsedInstance
 from refine_af.rewards import (
     PAPER_INTERCEPT,
     PAPER_WEIGHTS,
+    REWARDS,
+    AutomatedFeedback,
     CausalYesNoScorer,
-    InstanceRewards,
     ScorerLoader,
     ScorerSettings,
     SequenceClassificationScorer,
     T5YesNoScorer,
+    TRLRewards,
+    WeightedRewards,
     combine,
+    needed_signals,
+    register_reward,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -40,7 +47,9 @@ def test_paper_formula_by_hand():
 
 
 def test_missing_components_and_format_penalty():
-    assert combine({"reward_model": None}, PAPER_WEIGHTS, -0.0274, -1.0) == pytest.approx(-1.0274)
+    weights = {**PAPER_WEIGHTS, "format": 1.0}
+    values = {"reward_model": None, "format": -1.0}
+    assert combine(values, weights, -0.0274) == pytest.approx(-1.0274)
     assert combine({"coherence": 1.0}, {"coherence": 2.0}, 0.0) == 2.0
 
 
@@ -171,17 +180,18 @@ class TableScorer:
         return out
 
 
-def make_rewards(**kwargs):
+def make_rewards(weights=PAPER_WEIGHTS, **kwargs):
     rm = TableScorer({"good": 4.0, "bad": -2.0})
     evaluator = TableScorer({"understandability": 0.5, "naturalness": 0.25, "coherence": 0.75})
-    rewards = InstanceRewards(rm, evaluator, PAPER_WEIGHTS, PAPER_INTERCEPT, 1.0, **kwargs)
-    return rewards, rm, evaluator
+    feedback = AutomatedFeedback(rm, evaluator, needed_signals(weights))
+    model = WeightedRewards(feedback, dict(weights), PAPER_INTERCEPT, 1.0)
+    return TRLRewards(model, **kwargs), rm, evaluator
 
 
 def test_reward_functions_by_hand():
     samples = []
     rewards, rm, evaluator = make_rewards(sample_sink=lambda step, s: samples.append((step, s)))
-    functions = rewards.reward_functions()
+    functions = rewards.functions()
     assert [f.__name__ for f in functions] == [
         "reward_model",
         "understandability",
@@ -189,7 +199,7 @@ def test_reward_functions_by_hand():
         "coherence",
         "format",
     ]
-    assert rewards.reward_weights() == [0.0078, -0.4421, 0.3212, 0.1520, 1.0]
+    assert rewards.weights() == [0.0078, -0.4421, 0.3212, 0.1520, 1.0]
     prompts = ["p1", "p2", "p3"]
     completions = [" x\nOutput: good", " no marker here", " None\nOutput: bad"]
     metrics: dict[str, float] = {}
@@ -218,28 +228,71 @@ def test_reward_functions_by_hand():
     for row, value in enumerate(combined):
         trl = sum(
             w * (results[f.__name__][row] or 0.0)
-            for f, w in zip(functions, rewards.reward_weights(), strict=True)
+            for f, w in zip(functions, rewards.weights(), strict=True)
         )
         assert trl + PAPER_INTERCEPT == pytest.approx(value, abs=1e-12)
 
 
-def test_instruction_read_back_from_prompt(tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    from refine_af.instance_format import instance_prompt
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+def test_the_instruction_comes_from_the_dataset_column():
     rewards, _, _ = make_rewards()
-    prompt = instance_prompt(tokenizer, "Name a colour.", True)
-    assert rewards._instructions([prompt], {}) == ["Name a colour."]
+    function = rewards.functions()[0]
+    with pytest.raises(UserError, match="'instruction' column"):
+        function(prompts=["p"], completions=[" x\nOutput: good"])
 
 
-def test_zero_weight_components_are_skipped():
-    rm = TableScorer({})
-    rewards = InstanceRewards(rm, None, {"reward_model": 1.0, "coherence": 0.0})
-    assert [f.__name__ for f in rewards.reward_functions()] == ["reward_model", "format"]
+def test_zero_weight_rewards_are_skipped():
+    rewards, rm, evaluator = make_rewards({"reward_model": 1.0, "coherence": 0.0})
+    assert [f.__name__ for f in rewards.functions()] == ["reward_model", "format"]
+    rewards.functions()[0](prompts=["p"], completions=[" a\nOutput: b"], instruction=["t"])
+    assert (rm.calls, evaluator.calls) == (1, 0)  # no evaluator question was asked
     with pytest.raises(UserError, match="evaluator"):
-        InstanceRewards(rm, None, {"coherence": 1.0})
+        AutomatedFeedback(rm, None, {"coherence"})
+
+
+def test_unknown_reward_weights_name_the_registered_rewards():
+    with pytest.raises(ConfigError, match="registered rewards are reward_model"):
+        WeightedRewards(AutomatedFeedback(None, None, set()), {"fluency": 1.0})
+    with pytest.raises(ConfigError, match=r"rl\.format_penalty"):
+        WeightedRewards(AutomatedFeedback(None, None, set()), {"format": 1.0})
+
+
+def test_score_instances_equals_what_training_computes():
+    rewards, _, _ = make_rewards()
+    instances = [ParsedInstance("x", "good"), ParsedInstance("", "bad")]
+    direct = rewards.model.score_instances(["task one", "task three"], instances)
+    completions = [" x\nOutput: good", " None\nOutput: bad"]
+    columns = {"instruction": ["task one", "task three"]}
+    trained = rewards.samples(["p1", "p3"], completions, columns)
+    for a, b in zip(direct, trained, strict=True):
+        assert a.combined == pytest.approx(b.combined, abs=1e-12)
+        assert {k: v for k, v in b.values.items() if k != "format"} == a.values
+
+
+@pytest.fixture
+def brevity_reward():
+    """A reward added the way CONTRIBUTING.md says, removed again after the test."""
+
+    @register_reward("brevity")
+    def brevity(prompts, completions, *, feedback, **kwargs):
+        return [
+            None if inst is None else 1.0 / len(inst.output.split()) for inst in feedback.instances
+        ]
+
+    yield brevity
+    del REWARDS["brevity"]
+
+
+def test_an_added_reward_is_weighted_logged_and_combined(brevity_reward):
+    weights = {"reward_model": 1.0, "brevity": 2.0}
+    rewards, _, _ = make_rewards(weights)
+    names = [f.__name__ for f in rewards.functions()]
+    assert names == ["reward_model", "brevity", "format"]
+    samples = rewards.samples(
+        ["p", "q"], [" a\nOutput: good answer", "nothing"], {"instruction": ["t", "u"]}
+    )
+    assert samples[0].values["brevity"] == 0.5 and samples[1].values["brevity"] is None
+    assert samples[0].combined == pytest.approx(4.0 + 2 * 0.5 + PAPER_INTERCEPT)
+    assert samples[1].combined == pytest.approx(-1.0 + PAPER_INTERCEPT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,16 +357,15 @@ def test_loads_real_scorers(tiny_scorer_dirs, tiny_model_dir):
     rm, evaluator = loader.reward_model(), loader.evaluator()
     assert isinstance(rm, SequenceClassificationScorer)
     assert isinstance(evaluator, T5YesNoScorer)
-    rewards = InstanceRewards(rm, evaluator, PAPER_WEIGHTS)
+    feedback = AutomatedFeedback(rm, evaluator, needed_signals(PAPER_WEIGHTS))
+    rewards = TRLRewards(WeightedRewards(feedback, dict(PAPER_WEIGHTS)))
     completions = [" a\nOutput: b", " c\nOutput: a longer output here", "nothing"]
-    samples = rewards.score_samples(["t1", "t2", "t3"], completions)
+    samples = rewards.samples(["p"] * 3, completions, {"instruction": ["t1", "t2", "t3"]})
     for sample in samples[:2]:
-        assert all(math.isfinite(v) for v in sample.components.values())
-        assert all(
-            0.0 <= sample.components[d] <= 1.0
-            for d in ("understandability", "naturalness", "coherence")
-        )
-    assert samples[2].components["reward_model"] is None
+        assert all(math.isfinite(v) for v in sample.values.values())
+        dimensions = ("understandability", "naturalness", "coherence")
+        assert all(0.0 <= sample.values[d] <= 1.0 for d in dimensions)
+    assert samples[2].values["reward_model"] is None
     # Batched scores equal one-at-a-time scores (padding does not leak into the result).
     texts = [rm.prompt("t1", "b"), rm.prompt("t2", "a longer output here")]
     assert rm.score(texts) == pytest.approx([rm.score([t])[0] for t in texts], abs=1e-5)

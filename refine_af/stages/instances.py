@@ -22,9 +22,6 @@ run equals an uninterrupted one; a kill loses at most the batch in flight.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -45,8 +42,16 @@ from refine_af.prompts import (
     instance_generation_prompt,
     parse_instances,
 )
-from refine_af.run_dir import RunDirectory, claim_output_folder, write_json_atomic
-from refine_af.stages.instructions import append_line, read_batch_log
+from refine_af.run_dir import RunDirectory
+from refine_af.storage import (
+    append_records,
+    directory_digest,
+    file_digest,
+    read_log,
+    read_records,
+    write_json_atomic,
+    write_records_atomic,
+)
 
 STAGE_DIR = "instances"
 VARIANTS = ("refine_af", "baseline")
@@ -122,28 +127,10 @@ class InstanceGenerationConfig:
 # Inputs and their fingerprints.
 
 
-def check_variant(variant: str) -> None:
+def check_variant(variant: str | None) -> str:
     if variant not in VARIANTS:
         raise UserError(f"unknown variant '{variant}': use one of {', '.join(VARIANTS)}")
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's content (streams, so large files are fine)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def directory_digest(folder: Path) -> str:
-    """Digest of every file in a directory (an adapter: its weights and config)."""
-    parts = [
-        f"{p.relative_to(folder)}:{file_digest(p)}"
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    ]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    return variant
 
 
 def instructions_path(run_dir: RunDirectory) -> Path:
@@ -171,33 +158,30 @@ def adapter_for(run_dir: RunDirectory, variant: str) -> Path | None:
 
 def load_instructions(path: Path) -> list[dict[str, Any]]:
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                records.append(
-                    {
-                        "id": str(record["id"]),
-                        "instruction": str(record["instruction"]),
-                        "is_classification": bool(record.get("is_classification", False)),
-                    }
-                )
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise UserError(f"{path} line {number} is not an instruction record") from error
+    for number, record in enumerate(read_records(path, "run stage 1 again"), 1):
+        try:
+            records.append(
+                {
+                    "id": str(record["id"]),
+                    "instruction": str(record["instruction"]),
+                    "is_classification": bool(record.get("is_classification", False)),
+                }
+            )
+        except KeyError as error:
+            raise UserError(f"{path} record {number} has no {error.args[0]!r}") from error
     return records
 
 
-def generation_fingerprint(config: Any, run_dir: RunDirectory, variant: str) -> str:
+def key(config: Any, run_dir: RunDirectory, variant: str | None = None) -> str:
     """What the instances depend on: settings, model, adapter, instructions, test data.
 
     Batch sizes of the forward pass and ``max_instructions`` are left out: the first changes no
     output, raising the second continues the same log.
     """
+    variant = check_variant(variant)
     settings = to_dict(config.generate_instances)
-    for key in ("generation_batch_size", "max_instructions", "superni_data"):
-        settings.pop(key)
+    for name in ("generation_batch_size", "max_instructions", "superni_data"):
+        settings.pop(name)
     adapter = adapter_for(run_dir, variant)
     data_key = None
     if settings["decontaminate"]:
@@ -220,11 +204,15 @@ def stage_name(variant: str) -> str:
     return f"{STAGE_DIR}:{variant}"
 
 
-def stage_fingerprint(config: Any, run_dir: RunDirectory, variant: str) -> str:
-    """The key ``RunDirectory.is_done`` compares (the pipeline skips on a match)."""
-    return fingerprint(
-        generation_fingerprint(config, run_dir, variant),
-        config.generate_instances.max_instructions,
+def is_done(config: Any, run_dir: RunDirectory, variant: str | None = None) -> bool:
+    assert variant is not None
+    return (
+        run_dir.is_done(
+            stage_name(variant),
+            key(config, run_dir, variant),
+            config.generate_instances.max_instructions,
+        )
+        and (run_dir.path / STAGE_DIR / variant / "instances.jsonl").is_file()
     )
 
 
@@ -401,29 +389,28 @@ def summarize(
 def run(
     config: Any,
     run_dir: RunDirectory,
-    variant: str,
+    variant: str | None = None,
+    *,
     restart: bool = False,
     backend: GenerationBackend | None = None,
 ) -> dict[str, Any]:
     """Write, filter and save the instances of one variant; return the stage summary.
 
-    ``config`` is the whole run config (``RunSettings``). ``backend`` replaces the model-backed
+    ``config`` is the whole train config (``TrainConfig``). ``backend`` replaces the model-backed
     generator (tests inject failures through it). Writes ``RUN/instances/<variant>/``:
     ``batches.jsonl`` (everything generated), ``instances.jsonl`` (kept) and ``summary.json``.
     """
     from refine_af.models import load_tokenizer, resolve_model_path
 
-    check_variant(variant)
+    variant = check_variant(variant)
     stage_config: InstanceGenerationConfig = config.generate_instances
     adapter = adapter_for(run_dir, variant)
     instructions = load_instructions(instructions_path(run_dir))
-    generation_key = generation_fingerprint(config, run_dir, variant)
+    stage_key = key(config, run_dir, variant)
     folder = run_dir.path / STAGE_DIR / variant
-    folder.mkdir(parents=True, exist_ok=True)
-    claim_output_folder(folder, generation_key, restart, "instances")
-    stage_key = fingerprint(generation_key, stage_config.max_instructions)
+    run_dir.claim(folder, stage_key, restart, "instances")
 
-    with run_dir.stage(stage_name(variant), stage_key) as summary:
+    with run_dir.stage(stage_name(variant), stage_key, stage_config.max_instructions) as status:
         decontaminator = build_decontaminator(
             stage_config.decontaminate,
             stage_config.superni_data,
@@ -436,7 +423,7 @@ def run(
         by_id = {task["id"]: task for task in instructions}
 
         log_path = folder / "batches.jsonl"
-        batches = read_batch_log(log_path)
+        batches = read_log(log_path)
         done = sum(len(b["instruction_ids"]) for b in batches)
         size = stage_config.instructions_per_batch
         progress = tqdm(
@@ -466,7 +453,7 @@ def run(
                 batch_number = len(batches)
                 # Batch k always covers the same slice, so a resumed run redoes nothing.
                 tasks = clean[batch_number * size : (batch_number + 1) * size]
-                record = run_batch(
+                batch = run_batch(
                     batch_number,
                     tasks,
                     config.run.seed,
@@ -475,8 +462,9 @@ def run(
                     stage_config,
                     decontaminator,
                 )
-                append_line(log_path, record)
-                batches.append(record)
+                append_records(log_path, [batch])
+                batches.append(batch)
+                status.progress()
                 done += len(tasks)
                 progress.update(len(tasks))
                 progress.set_postfix(kept=len(kept_instances(batches, by_id)))
@@ -485,15 +473,10 @@ def run(
         # Only the batches inside the current limit count (a lowered max_instructions).
         wanted = {task["id"] for task in clean}
         batches = [{**b, "tasks": [t for t in b["tasks"] if t["id"] in wanted]} for b in batches]
-        records = kept_instances(batches, by_id)
-        partial = folder / "instances.jsonl.partial"
-        with partial.open("w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(partial, folder / "instances.jsonl")
+        write_records_atomic(folder / "instances.jsonl", kept_instances(batches, by_id))
         result = summarize(
             batches, variant, len(instructions), contaminated, decontaminator, config, adapter
         )
         write_json_atomic(folder / "summary.json", result)
-        summary.update(result)
+        status.summary.update(result)
     return result

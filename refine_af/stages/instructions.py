@@ -13,12 +13,9 @@ replayed to rebuild the pool and counts, and every batch draws its randomness fr
 
 from __future__ import annotations
 
-import json
-import os
 import random
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -33,9 +30,16 @@ from refine_af.prompts import (
     parse_numbered_instructions,
     parse_yes_no,
 )
-from refine_af.run_dir import RunDirectory, claim_output_folder, write_json_atomic
+from refine_af.run_dir import RunDirectory
 from refine_af.seeds import SeedTask, load_seed_tasks, seed_tasks_path
 from refine_af.similarity import SimilarityIndex
+from refine_af.storage import (
+    append_records,
+    file_digest,
+    read_log,
+    write_json_atomic,
+    write_records_atomic,
+)
 
 STAGE = "instructions"
 
@@ -87,48 +91,6 @@ class InstructionGenerationConfig:
             raise ConfigError("generate_instructions.similarity_threshold must be in (0, 1]")
         if self.temperature < 0 or not 0.0 < self.top_p <= 1.0:
             raise ConfigError("generate_instructions needs temperature >= 0 and top_p in (0, 1]")
-
-
-# ---------------------------------------------------------------------------------------------
-# The batch log.
-
-
-def read_batch_log(path: Path) -> list[dict[str, Any]]:
-    """Finished batches, in order. A torn last line (kill during the write) is cut off."""
-    if not path.is_file():
-        return []
-    batches: list[dict[str, Any]] = []
-    good_bytes = 0
-    with path.open("rb") as handle:
-        for raw in handle:
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError:
-                break
-            if not raw.endswith(b"\n"):
-                break
-            batches.append(record)
-            good_bytes += len(raw)
-    if good_bytes != path.stat().st_size:
-        with path.open("rb+") as handle:
-            handle.truncate(good_bytes)
-    return batches
-
-
-def append_line(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line in a single write and flush it to disk."""
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def write_jsonl_atomic(path: Path, records: list[dict[str, Any]]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(partial, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,13 +200,25 @@ def run_batch(
 # The stage.
 
 
-def generation_fingerprint(config: Any) -> str:
-    """What the pool's content depends on (the target count is not: raising it continues)."""
+def key(config: Any, run_dir: RunDirectory, variant: str | None = None) -> str:
+    """What the pool's content depends on: the settings that shape it, model, seed, seed tasks.
+
+    The target count is not in it (raising it continues the pool), nor are batch sizes of the
+    forward pass and the give-up limit, which change no output.
+    """
     settings = to_dict(config.generate_instructions)
-    settings.pop("num_instructions")
-    settings.pop("generation_batch_size")
-    settings.pop("max_batches")
-    return fingerprint(settings, config.run.model, config.run.seed)
+    for name in ("num_instructions", "generation_batch_size", "max_batches", "seed_tasks"):
+        settings.pop(name)
+    seeds = file_digest(seed_tasks_path(config.generate_instructions.seed_tasks))
+    return fingerprint(settings, config.run.model, config.run.seed, seeds)
+
+
+def is_done(config: Any, run_dir: RunDirectory, variant: str | None = None) -> bool:
+    target = config.generate_instructions.num_instructions
+    return (
+        run_dir.is_done(STAGE, key(config, run_dir), target)
+        and (run_dir.path / STAGE / "instructions.jsonl").is_file()
+    )
 
 
 def kept_records(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -280,13 +254,15 @@ def summarize(batches: list[dict[str, Any]], target: int) -> dict[str, Any]:
 def run(
     config: Any,
     run_dir: RunDirectory,
+    variant: str | None = None,
+    *,
     restart: bool = False,
     backend: GenerationBackend | None = None,
     tokenizer: Any = None,
 ) -> dict[str, Any]:
     """Generate instructions until ``num_instructions`` are kept; return the stage summary.
 
-    ``config`` is the whole run config (:class:`refine_af.run_config.RunSettings`); this stage
+    ``config`` is the whole train config (:class:`refine_af.train_config.TrainConfig`); this stage
     reads ``config.run`` and ``config.generate_instructions``. Writes into ``RUN/instructions/``:
     ``batches.jsonl`` (everything generated), ``instructions.jsonl`` (kept, with provenance) and
     ``summary.json`` (per-reason counts). ``backend``/``tokenizer`` replace the configured
@@ -299,15 +275,14 @@ def run(
     seeds = load_seed_tasks(seed_tasks_path(stage_config.seed_tasks))
     # Resolve the model before any work starts, so a bad path fails at once with one line.
     model_path = resolve_model_path(config.run.model) if backend is None else None
-    generation_key = generation_fingerprint(config)
+    stage_key = key(config, run_dir)
     folder = run_dir.path / STAGE
-    folder.mkdir(parents=True, exist_ok=True)
-    claim_output_folder(folder, generation_key, restart, "instructions")
-    stage_key = fingerprint(generation_key, stage_config.num_instructions)
+    run_dir.claim(folder, stage_key, restart, "instructions")
+    target = stage_config.num_instructions
 
-    with run_dir.stage(STAGE, stage_key) as summary:
+    with run_dir.stage(STAGE, stage_key, target) as status:
         log_path = folder / "batches.jsonl"
-        batches = read_batch_log(log_path)
+        batches = read_log(log_path)
         machine = kept_records(batches)
         pool = SimilarityIndex(stage_config.similarity_threshold)
         for seed_task in seeds:
@@ -316,9 +291,8 @@ def run(
             pool.add(record["instruction"])
         # instructions.jsonl is a view of the log, rewritten on start and appended per batch.
         kept_path = folder / "instructions.jsonl"
-        write_jsonl_atomic(kept_path, machine)
+        write_records_atomic(kept_path, machine)
 
-        target = stage_config.num_instructions
         progress = tqdm(
             total=target,
             initial=min(len(machine), target),
@@ -347,7 +321,7 @@ def run(
                         f"{batch_number} batches: raise generate_instructions.max_batches or "
                         "check the model's completions in batches.jsonl"
                     )
-                record = run_batch(
+                batch = run_batch(
                     batch_number,
                     config.run.seed,
                     backend,
@@ -357,17 +331,17 @@ def run(
                     pool,
                     stage_config,
                 )
-                append_line(log_path, record)
-                batches.append(record)
-                new = kept_records([record])
+                append_records(log_path, [batch])
+                batches.append(batch)
+                new = kept_records([batch])
                 machine.extend(new)
-                for item in new:
-                    append_line(kept_path, item)
+                append_records(kept_path, new)
+                status.progress()
                 progress.update(max(0, min(len(machine), target) - progress.n))
-                progress.set_postfix(batch=batch_number, candidates=len(record["candidates"]))
+                progress.set_postfix(batch=batch_number, candidates=len(batch["candidates"]))
         progress.close()
 
         result = summarize(batches, target)
         write_json_atomic(folder / "summary.json", result)
-        summary.update(result)
+        status.summary.update(result)
     return result

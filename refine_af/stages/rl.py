@@ -26,58 +26,86 @@ loads its own scorers on its own GPU (``rl.scorer_device=auto``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from refine_af.callbacks import progress_callback
 from refine_af.config import ConfigError, fingerprint, help_field, to_dict
 from refine_af.errors import UserError
 from refine_af.models import lora_config
-from refine_af.rewards import COMPONENTS, FORMAT_REWARD, PAPER_INTERCEPT, PAPER_WEIGHTS
-from refine_af.run_dir import RunDirectory, write_json_atomic
+from refine_af.rewards import (
+    FORMAT_REWARD,
+    PAPER_INTERCEPT,
+    PAPER_WEIGHTS,
+    REWARDS,
+    TRLRewards,
+    WeightedRewards,
+    check_reward_weights,
+)
+from refine_af.run_dir import RunDirectory, StageRecord
+from refine_af.storage import (
+    append_records,
+    atomic_directory,
+    file_digest,
+    keep_records,
+    read_json,
+    read_log,
+    read_records,
+    write_json_atomic,
+)
+from refine_af.trl_args import trainer_config
 
 STAGE = "rl"
 INSTRUCTIONS_FILE = Path("instructions") / "instructions.jsonl"
-# Settings that may change between a run and its --resume without invalidating checkpoints.
+# Settings that may change between a run and its --resume without changing what the
+# checkpoints mean (they are left out of the stage key).
 RESUMABLE_SETTINGS = (
-    "num_steps",
+    "max_steps",
     "save_steps",
-    "save_total_limit",
     "logging_steps",
     "scorer_device",
     "scorer_batch_size",
+    "report_to",
 )
-PLOTTED = ("reward_combined", *COMPONENTS, "format_penalty_rate", "kl")
+RESUMABLE_TRAINER_ARGS = ("save_total_limit",)
 
 
 @dataclass
 class RLConfig:
-    """Stage 2 settings. The defaults are the small CPU run; paper.yaml has the paper's scorers."""
+    """Stage 2 settings. The defaults are the small CPU run; paper.yaml has the paper's scorers.
+
+    The TRL arguments the stage reads, checks or gives its own default are keys here; any other
+    argument of TRL's GRPOConfig / RLOOConfig goes in ``trainer_args`` and reaches TRL as is.
+    """
+
+    RENAMED: ClassVar[dict[str, str]] = {
+        "num_steps": "max_steps",
+        "per_device_batch_size": "per_device_train_batch_size",
+        "top_p": "trainer_args.top_p",
+        "gradient_accumulation_steps": "trainer_args.gradient_accumulation_steps",
+        "save_total_limit": "trainer_args.save_total_limit",
+    }
 
     trainer: Literal["grpo", "rloo"] = help_field(
         "grpo", "TRL trainer: 'grpo' (PPO-style clipped objective, group advantages) or 'rloo'."
     )
-    num_steps: int = help_field(30, "Optimizer steps (raise it and --resume to train longer).")
+    max_steps: int = help_field(30, "Optimizer steps (raise it and --resume to train longer).")
     learning_rate: float = help_field(1e-4, "AdamW learning rate of the LoRA weights.")
     lr_scheduler_type: str = help_field(
         "constant", "Learning-rate schedule ('constant', 'linear', 'cosine', ...)."
     )
-    per_device_batch_size: int = help_field(
+    per_device_train_batch_size: int = help_field(
         16, "Completions per device per step; a multiple of num_generations (prompts × gens)."
     )
-    gradient_accumulation_steps: int = help_field(1, "Micro-batches per optimizer step.")
     num_generations: int = help_field(4, "Completions sampled per prompt (the group), >= 2.")
     max_prompt_length: int = help_field(
         384, "Prompt token limit: instructions whose prompt is longer are skipped."
     )
     max_completion_length: int = help_field(64, "Token limit of one completion (the instance).")
     temperature: float = help_field(1.0, "Sampling temperature of the policy.")
-    top_p: float = help_field(1.0, "Nucleus sampling of the policy.")
     beta: float = help_field(
         0.04, "KL coefficient against the reference (the base model: LoRA adapter switched off)."
     )
@@ -89,8 +117,9 @@ class RLConfig:
     )
     reward_weights: dict[str, float] = help_field(  # noqa: RUF009 - help_field is field()
         dict(PAPER_WEIGHTS),
-        "Weight of each reward component (reward_model, understandability, naturalness, "
-        "coherence); the paper's: 0.0078, -0.4421, 0.3212, 0.1520. Weight 0 skips a component.",
+        "Weight of each registered reward (refine_af.rewards: reward_model, understandability, "
+        "naturalness, coherence, ...); the paper's: 0.0078, -0.4421, 0.3212, 0.1520. A reward "
+        "with weight 0 is not computed.",
     )
     reward_intercept: float = help_field(
         PAPER_INTERCEPT, "Constant added to the combined reward (paper: -0.0274); logged only."
@@ -123,8 +152,10 @@ class RLConfig:
     )
     max_instructions: int = help_field(0, "Use at most this many instructions (0: all).")
     save_steps: int = help_field(10, "Write a checkpoint every this many steps.")
-    save_total_limit: int = help_field(2, "Keep this many checkpoints (older ones are deleted).")
     logging_steps: int = help_field(1, "Log metrics every this many steps.")
+    report_to: str = help_field(
+        "none", "Live training logs: 'none', 'tensorboard', 'trackio', 'wandb' (TRL's report_to)."
+    )
     gradient_checkpointing: bool = help_field(
         False, "Recompute activations to save memory (GPU-scale runs)."
     )
@@ -135,12 +166,16 @@ class RLConfig:
         "cache, finished rows leave the batch) instead of model.generate; same distribution.",
     )
     bf16: bool = help_field(False, "bfloat16 mixed precision (GPU).")
+    trainer_args: dict[str, Any] = help_field(  # noqa: RUF009 - help_field is field()
+        {},
+        "Any other argument of TRL's GRPOConfig / RLOOConfig, passed through as is (e.g. top_p, "
+        "gradient_accumulation_steps, save_total_limit, epsilon, loss_type).",
+    )
 
     def __post_init__(self) -> None:
         for name in (
-            "num_steps",
-            "per_device_batch_size",
-            "gradient_accumulation_steps",
+            "max_steps",
+            "per_device_train_batch_size",
             "max_prompt_length",
             "max_completion_length",
             "lora_r",
@@ -148,7 +183,6 @@ class RLConfig:
             "scorer_batch_size",
             "scorer_max_length",
             "save_steps",
-            "save_total_limit",
             "logging_steps",
         ):
             if getattr(self, name) < 1:
@@ -158,26 +192,19 @@ class RLConfig:
                 f"rl.num_generations must be >= 2 (group advantages compare completions of one "
                 f"prompt), got {self.num_generations}"
             )
-        if self.per_device_batch_size % self.num_generations:
+        if self.per_device_train_batch_size % self.num_generations:
             raise ConfigError(
-                f"rl.per_device_batch_size ({self.per_device_batch_size}) must be a multiple of "
-                f"rl.num_generations ({self.num_generations}): set it to prompts per step × "
-                f"{self.num_generations}"
+                f"rl.per_device_train_batch_size ({self.per_device_train_batch_size}) must be a "
+                f"multiple of rl.num_generations ({self.num_generations}): set it to prompts per "
+                f"step × {self.num_generations}"
             )
-        if self.learning_rate <= 0 or self.temperature <= 0 or not 0 < self.top_p <= 1:
-            raise ConfigError("rl needs learning_rate > 0, temperature > 0 and top_p in (0, 1]")
+        if self.learning_rate <= 0 or self.temperature <= 0:
+            raise ConfigError("rl needs learning_rate > 0 and temperature > 0")
         if self.beta < 0 or not 0 <= self.lora_dropout < 1 or self.format_penalty < 0:
             raise ConfigError("rl needs beta >= 0, lora_dropout in [0, 1) and format_penalty >= 0")
         if self.max_instructions < 0:
             raise ConfigError("rl.max_instructions must be >= 0 (0 uses every instruction)")
-        unknown = set(self.reward_weights) - set(COMPONENTS)
-        if unknown:
-            raise ConfigError(
-                f"rl.reward_weights has unknown components {sorted(unknown)}: use "
-                f"{', '.join(COMPONENTS)}"
-            )
-        if not any(self.reward_weights.get(name, 0.0) for name in COMPONENTS):
-            raise ConfigError("rl.reward_weights are all 0: give at least one component a weight")
+        check_reward_weights(self.reward_weights)
         if not self.lora_target_modules:
             raise ConfigError("rl.lora_target_modules is empty: use ['all-linear'] or names")
         if self.reward_model.startswith("causal:") and not self.reward_model[len("causal:") :]:
@@ -195,17 +222,10 @@ def load_instructions(run_dir: RunDirectory, limit: int = 0) -> list[dict[str, A
         raise UserError(
             f"{path} not found: run generate-instructions first (with the same run.output_dir)"
         )
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UserError(f"{path} line {number} is not JSON ({error.msg})") from error
-        if not isinstance(record, dict) or not str(record.get("instruction", "")).strip():
-            raise UserError(f"{path} line {number} has no instruction")
-        records.append(record)
+    records = read_records(path, "run generate-instructions again")
+    for number, record in enumerate(records, 1):
+        if not str(record.get("instruction", "")).strip():
+            raise UserError(f"{path} record {number} has no instruction")
     if not records:
         raise UserError(f"{path} is empty: run generate-instructions with num_instructions > 0")
     return records[:limit] if limit else records
@@ -238,16 +258,24 @@ def build_prompts(
     return rows, skipped
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def checkpoint_key(config: Any, instructions_digest: str) -> str:
-    """What a checkpoint's meaning depends on: everything but the step count and logging."""
+def key(config: Any, run_dir: RunDirectory, variant: str | None = None) -> str:
+    """What the checkpoints mean: every setting but the step count and logging, the model, the
+    seed and the instructions."""
     settings = to_dict(config.rl)
     for name in RESUMABLE_SETTINGS:
-        settings.pop(name, None)
-    return fingerprint(settings, config.run.model, config.run.seed, instructions_digest)
+        settings.pop(name)
+    for name in RESUMABLE_TRAINER_ARGS:
+        settings["trainer_args"].pop(name, None)
+    path = run_dir.path / INSTRUCTIONS_FILE
+    instructions = file_digest(path) if path.is_file() else None
+    return fingerprint(settings, config.run.model, config.run.seed, instructions)
+
+
+def is_done(config: Any, run_dir: RunDirectory, variant: str | None = None) -> bool:
+    return (
+        run_dir.is_done(STAGE, key(config, run_dir), config.rl.max_steps)
+        and (run_dir.path / STAGE / "adapter" / "adapter_config.json").is_file()
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +287,7 @@ def metrics_record(step: int, logs: dict[str, Any]) -> dict[str, Any] | None:
     if "loss" not in logs and "reward" not in logs:
         return None  # e.g. the end-of-training summary (train_runtime, ...)
     record: dict[str, Any] = {"step": step}
-    for name in (*COMPONENTS, FORMAT_REWARD):
+    for name in (*REWARDS, FORMAT_REWARD):
         key = f"rewards/{name}/mean"
         if key in logs:
             record[name] = logs[key]
@@ -280,34 +308,16 @@ def metrics_record(step: int, logs: dict[str, Any]) -> dict[str, Any] | None:
     return record
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            records.append(json.loads(line))  # a torn last line (kill mid-write) is skipped
-    return records
-
-
-def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Drop lines logged after ``last_step`` (they will be produced again after --resume)."""
-    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= last_step]
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
-    os.replace(partial, path)
-
-
-def append_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    with path.open("a", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+def plotted_columns(records: list[dict[str, Any]]) -> list[str]:
+    """The combined reward, each logged reward, the format-failure rate and KL, in that order."""
+    names = ["reward_combined", *REWARDS, "format_penalty_rate", "kl"]
+    return [n for n in names if any(r.get(n) is not None for r in records)]
 
 
 def plot_rewards(metrics_path: Path, target: Path) -> Path | None:
-    """One panel per logged reward component (and KL) against the step; None without data."""
-    records = read_jsonl(metrics_path)
-    names = [n for n in PLOTTED if any(r.get(n) is not None for r in records)]
+    """One panel per logged reward (and KL) against the step; None without data."""
+    records = read_log(metrics_path)
+    names = plotted_columns(records)
     if not records or not names:
         return None
     import matplotlib
@@ -343,7 +353,7 @@ def make_metrics_callback(path: Path) -> Any:
                 return
             record = metrics_record(state.global_step, dict(logs))
             if record is not None:
-                append_jsonl(path, [record])
+                append_records(path, [record])
 
     return MetricsLog()
 
@@ -354,7 +364,7 @@ def make_sample_sink(path: Path, is_main: bool) -> Any:
     def sink(step: int, samples: list[Any]) -> None:
         if not is_main:
             return
-        append_jsonl(
+        append_records(
             path,
             [
                 {
@@ -363,8 +373,7 @@ def make_sample_sink(path: Path, is_main: bool) -> Any:
                     "completion": s.completion,
                     "input": s.instance.input if s.instance else None,
                     "output": s.instance.output if s.instance else None,
-                    **s.components,
-                    "format": s.format_reward,
+                    **s.values,
                     "combined": s.combined,
                 }
                 for s in samples
@@ -378,45 +387,40 @@ def make_sample_sink(path: Path, is_main: bool) -> Any:
 # Trainer.
 
 
-def trainer_arguments(settings: RLConfig, output_dir: Path, seed: int, weights: list[float]) -> Any:
-    """GRPOConfig / RLOOConfig from the stage settings; TRL's own checks become config errors."""
+def trainer_arguments(
+    settings: RLConfig, output_dir: Path, seed: int, weights: list[float] | None = None
+) -> Any:
+    """GRPOConfig / RLOOConfig: the stage's settings plus ``rl.trainer_args``."""
     from trl import GRPOConfig, RLOOConfig
 
-    common: dict[str, Any] = {
+    stage_values: dict[str, Any] = {
         "output_dir": str(output_dir),
-        "max_steps": settings.num_steps,
+        "max_steps": settings.max_steps,
         "learning_rate": settings.learning_rate,
         "lr_scheduler_type": settings.lr_scheduler_type,
-        "per_device_train_batch_size": settings.per_device_batch_size,
-        "gradient_accumulation_steps": settings.gradient_accumulation_steps,
+        "per_device_train_batch_size": settings.per_device_train_batch_size,
         "num_generations": settings.num_generations,
         "max_completion_length": settings.max_completion_length,
         "temperature": settings.temperature,
-        "top_p": settings.top_p,
         "beta": settings.beta,
         "reward_weights": weights,
         "seed": seed,
         "data_seed": seed,
         "save_strategy": "steps",
         "save_steps": settings.save_steps,
-        "save_total_limit": settings.save_total_limit,
         "logging_steps": settings.logging_steps,
         # transformers 5 renamed gradient_checkpointing; TRL's config still defaults it to True.
         "activation_checkpointing": settings.gradient_checkpointing,
         # TRL defaults bf16 to True; on CPU that would autocast every matmul to bfloat16.
         "bf16": settings.bf16,
         "use_vllm": settings.use_vllm,
-        "report_to": "none",
+        "report_to": settings.report_to,
         "disable_tqdm": False,
     }
     if settings.use_vllm:
-        common["vllm_mode"] = "colocate"
-    try:
-        if settings.trainer == "rloo":
-            return RLOOConfig(**common)
-        return GRPOConfig(**common)
-    except ValueError as error:
-        raise ConfigError(f"rl: {str(error).splitlines()[0]}") from error
+        stage_values["vllm_mode"] = "colocate"
+    trl_class = RLOOConfig if settings.trainer == "rloo" else GRPOConfig
+    return trainer_config(trl_class, "rl", stage_values, settings.trainer_args)
 
 
 def make_rollout(settings: RLConfig, tokenizer: Any) -> Any:
@@ -436,7 +440,7 @@ def make_rollout(settings: RLConfig, tokenizer: Any) -> Any:
         params = SamplingParams(
             max_new_tokens=settings.max_completion_length,
             temperature=settings.temperature,
-            top_p=settings.top_p,
+            top_p=getattr(trainer.args, "top_p", 1.0),
             top_k=trainer.top_k or 0,
         )
         prompt_ids = tokenizer(text=list(prompts))["input_ids"]
@@ -462,16 +466,14 @@ def build_trainer(
     model: Any,
     tokenizer: Any,
     rows: list[dict[str, str]],
-    rewards: Any,
-    output_dir: Path,
-    seed: int,
+    rewards: TRLRewards,
+    arguments: Any,
     callbacks: list[Any],
 ) -> Any:
     """A GRPOTrainer or RLOOTrainer with a LoRA adapter on ``model``."""
     from datasets import Dataset
     from trl import GRPOTrainer, RLOOTrainer
 
-    args = trainer_arguments(settings, output_dir, seed, rewards.reward_weights())
     extra: dict[str, Any] = {}
     if settings.trainer == "grpo" and settings.fast_generation and not settings.use_vllm:
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental
@@ -480,8 +482,8 @@ def build_trainer(
     return trainer_class(
         **extra,
         model=model,
-        reward_funcs=rewards.reward_functions(),
-        args=args,
+        reward_funcs=rewards.functions(),
+        args=arguments,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=lora_config(
@@ -504,176 +506,238 @@ def last_checkpoint(folder: Path) -> Path | None:
 
 
 def checkpoint_step(checkpoint: Path) -> int:
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    state = read_json(checkpoint / "trainer_state.json") or {}
     return int(state.get("global_step", 0))
 
 
+def load_scorers(config: Any, device: str) -> tuple[Any, Any]:
+    """The reward model and evaluator the active rewards need (None for one not needed)."""
+    from refine_af.rewards import ScorerLoader, ScorerSettings, needed_signals
+
+    settings: RLConfig = config.rl
+    loader = ScorerLoader(
+        ScorerSettings(
+            reward_model=settings.reward_model,
+            evaluator=settings.evaluator,
+            evaluator_kind=settings.evaluator_kind,
+            device=device,
+            dtype=settings.scorer_dtype,
+            batch_size=settings.scorer_batch_size,
+            max_length=settings.scorer_max_length,
+            use_chat_template=settings.use_chat_template,
+            trust_remote_code=config.run.trust_remote_code,
+        )
+    )
+    signals = needed_signals(settings.reward_weights)
+    reward_model = loader.reward_model() if "reward_model" in signals else None
+    evaluator = loader.evaluator() if signals - {"reward_model"} else None
+    return reward_model, evaluator
+
+
+def weighted_rewards(config: Any, scorers: tuple[Any, Any]) -> WeightedRewards:
+    from refine_af.rewards import AutomatedFeedback, needed_signals
+
+    settings: RLConfig = config.rl
+    feedback = AutomatedFeedback(*scorers, needed_signals(settings.reward_weights))
+    return WeightedRewards(
+        feedback, dict(settings.reward_weights), settings.reward_intercept, settings.format_penalty
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage, in three parts: setup (inputs, scorers, trainer), train, save.
+
+
+class RLRecipe:
+    """One stage-2 run. ``setup()`` checks and loads everything a bad input could break before
+    any step is spent; ``train()`` runs TRL's trainer; ``save()`` writes the adapter and logs."""
+
+    def __init__(self, config: Any, run_dir: RunDirectory, is_main: bool = True) -> None:
+        self.config = config
+        self.settings: RLConfig = config.rl
+        self.run_dir = run_dir
+        self.is_main = is_main
+        self.folder = run_dir.path / STAGE
+        self.checkpoints = self.folder / "checkpoints"
+        self.adapter_dir = self.folder / "adapter"
+        self.metrics_path = self.folder / "metrics.jsonl"
+        self.samples_path = self.folder / "samples.jsonl"
+
+    # -- setup ----------------------------------------------------------------------------------
+
+    def setup(self, scorers: tuple[Any, Any] | None = None) -> None:
+        """Tokenizer and prompts, TRL arguments, then scorers: whatever can fail on bad input
+        fails here, with one line, before the policy loads or any step runs."""
+        self._setup_data()
+        self._setup_arguments()
+        self._setup_rewards(scorers)
+
+    def _setup_data(self) -> None:
+        from refine_af.models import choose_placement, load_tokenizer, resolve_model_path
+
+        records = load_instructions(self.run_dir, self.settings.max_instructions)
+        self.placement = choose_placement(self.config.run.device, self.config.run.dtype)
+        self.model_path = resolve_model_path(self.config.run.model)
+        self.tokenizer = load_tokenizer(self.model_path, self.config.run.trust_remote_code)
+        self.rows, self.skipped = build_prompts(records, self.tokenizer, self.settings)
+
+    def _setup_arguments(self) -> None:
+        self.arguments = trainer_arguments(self.settings, self.checkpoints, self.config.run.seed)
+
+    def _setup_rewards(self, scorers: tuple[Any, Any] | None) -> None:
+        from accelerate import PartialState
+
+        if scorers is None:
+            device = self.settings.scorer_device
+            if device == "auto":
+                # Under `accelerate launch` each process scores on its own GPU.
+                on_gpu = self.placement.device != "cpu"
+                device = str(PartialState().device) if on_gpu else "cpu"
+            scorers = load_scorers(self.config, device)
+        model = weighted_rewards(self.config, scorers)
+        self.rewards = TRLRewards(model, make_sample_sink(self.samples_path, self.is_main))
+        # TRL gets the weights in the order of the reward functions.
+        self.arguments.reward_weights = self.rewards.weights()
+
+    # -- train ----------------------------------------------------------------------------------
+
+    def train(self, checkpoint: Path | None, status: StageRecord | None = None) -> None:
+        """Load the policy, build the trainer, run it (continuing from ``checkpoint``)."""
+        import transformers
+
+        from refine_af.models import load_causal_lm
+
+        if self.is_main:
+            self._trim_logs(checkpoint)
+        transformers.set_seed(self.config.run.seed)  # the LoRA initialisation and all after it
+        model = load_causal_lm(self.model_path, self.placement, self.config.run.trust_remote_code)
+        if model.generation_config is not None:
+            model.generation_config.pad_token_id = self.tokenizer.pad_token_id
+        self.trainer = build_trainer(
+            self.settings,
+            model,
+            self.tokenizer,
+            self.rows,
+            self.rewards,
+            self.arguments,
+            [make_metrics_callback(self.metrics_path), progress_callback(status)],
+        )
+        self.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        self.resumed_from = checkpoint
+
+    def _trim_logs(self, checkpoint: Path | None) -> None:
+        """Logs hold what the checkpoint holds: steps after it will be logged again."""
+        done = checkpoint_step(checkpoint) if checkpoint is not None else 0
+        for path in (self.metrics_path, self.samples_path):
+            keep_records(path, lambda record: record.get("step", 0) <= done)
+
+    # -- save -----------------------------------------------------------------------------------
+
+    def save(self) -> dict[str, Any]:
+        """The adapter (atomically), the reward plot and the summary."""
+        with atomic_directory(self.adapter_dir) as partial:
+            self.trainer.model.save_pretrained(partial, safe_serialization=True)
+            self.tokenizer.save_pretrained(partial)
+        plot = plot_rewards(self.metrics_path, self.folder / "rewards.png")
+        result = summarize(read_log(self.metrics_path))
+        result.update(
+            trainer=self.settings.trainer,
+            steps=self.trainer.state.global_step,
+            instructions=len(self.rows),
+            skipped_too_long=self.skipped,
+            resumed_from=self.resumed_from.name if self.resumed_from else None,
+            adapter=str(self.adapter_dir),
+            metrics=str(self.metrics_path),
+            plot=str(plot) if plot else None,
+        )
+        write_json_atomic(self.folder / "summary.json", result)
+        return result
+
+
+def resume_point(
+    config: Any, run_dir: RunDirectory, stage_key: str, resume: bool, restart: bool, is_main: bool
+) -> Path | None:
+    """The checkpoint to continue from, after the resume policy:
+
+    * outputs of other settings or instructions are never mixed in: with ``restart`` they are
+      set aside (never deleted), else refused with one line;
+    * checkpoints of the same settings are continued with ``resume``; ``restart`` alone sets them
+      aside and starts over; with neither they are refused with one line (so a finished or
+      crashed run is never silently extended or overwritten).
+
+    Only the main process moves folders; every process reaches the same answer.
+    """
+    folder = run_dir.path / STAGE
+    key_file = folder / "key"
+    same_key = key_file.is_file() and key_file.read_text().strip() == stage_key
+    start_over = restart and not resume
+    if is_main:
+        if start_over and same_key:
+            run_dir.set_aside(folder, stage_key)
+        run_dir.claim(folder, stage_key, restart, "RL checkpoints and logs")
+    elif start_over or not same_key:
+        return None
+    checkpoint = last_checkpoint(folder / "checkpoints")
+    if checkpoint is not None and not resume:
+        raise UserError(
+            f"{folder / 'checkpoints'} holds checkpoints of an earlier run: pass --resume to "
+            f"continue from {checkpoint.name}, or --restart to set them aside and start over"
+        )
+    return checkpoint
+
+
 @contextlib.contextmanager
-def _maybe_stage(run_dir: RunDirectory, key: str, is_main: bool) -> Iterator[dict[str, Any]]:
+def _stage_record(
+    run_dir: RunDirectory, stage_key: str, extent: int, is_main: bool
+) -> Iterator[Any]:
     """Status bookkeeping on the main process only (``accelerate launch`` runs several)."""
     if is_main:
-        with run_dir.stage(STAGE, key) as summary:
-            yield summary
+        with run_dir.stage(STAGE, stage_key, extent) as status:
+            yield status
     else:
-        yield {}
+        yield None
 
 
 def run(
     config: Any,
     run_dir: RunDirectory,
+    variant: str | None = None,
+    *,
     resume: bool = False,
+    restart: bool = False,
     scorers: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """Train the policy's LoRA adapter with RL from automated feedback; return the summary.
 
-    ``config`` is the whole run config (:class:`refine_af.run_config.RunSettings`); this stage
-    reads ``config.run`` and ``config.rl``. ``scorers`` = ``(reward_model, evaluator)`` replaces
-    the configured scorers (tests). Without ``resume``, existing checkpoints are an error (so a
-    finished or crashed run is never silently overwritten); a run already done with the same
-    settings is skipped.
+    ``config`` is the whole train config; this stage reads ``config.run`` and ``config.rl``.
+    ``scorers`` = ``(reward_model, evaluator)`` replaces the configured scorers (tests). A run
+    already done with the same settings is skipped; see :func:`resume_point` for the rest.
+    Under ``accelerate launch`` only the main process writes logs and returns the summary.
     """
-    import transformers
     from accelerate import PartialState
 
-    from refine_af.models import (
-        choose_placement,
-        load_causal_lm,
-        load_tokenizer,
-        resolve_model_path,
-    )
-    from refine_af.rewards import InstanceRewards, ScorerLoader, ScorerSettings
-
-    settings: RLConfig = config.rl
-    seed = config.run.seed
-    records = load_instructions(run_dir, settings.max_instructions)
-    digest = file_digest(run_dir.path / INSTRUCTIONS_FILE)
-    resume_key = checkpoint_key(config, digest)
-    stage_key = fingerprint(resume_key, settings.num_steps)
-    folder = run_dir.path / STAGE
-    checkpoints = folder / "checkpoints"
-    adapter_dir = folder / "adapter"
-    metrics_path, samples_path = folder / "metrics.jsonl", folder / "samples.jsonl"
-    key_file = folder / "checkpoint_key"
-    state = PartialState()
-    is_main = state.is_main_process
-
-    if run_dir.is_done(STAGE, stage_key) and (adapter_dir / "adapter_config.json").is_file():
-        summary_file = folder / "summary.json"
-        done = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-        return {**done, "skipped": True}
-
-    checkpoint = last_checkpoint(checkpoints)
-    if checkpoint is not None and not resume:
-        raise UserError(
-            f"{checkpoints} holds checkpoints of an earlier run: pass --resume to continue from "
-            f"{checkpoint.name}, or delete {folder} to start over"
-        )
-    if checkpoint is not None and key_file.is_file() and key_file.read_text().strip() != resume_key:
-        raise UserError(
-            f"{checkpoints} was made with other settings or instructions: only "
-            f"{', '.join(RESUMABLE_SETTINGS)} may change on --resume; delete {folder} to start over"
-        )
-
-    # Model, tokenizer and prompts first (cheap), then scorers: a scorer that can't load fails
-    # here, before the trainer is built or any step is spent.
-    placement = choose_placement(config.run.device, config.run.dtype)
-    model_path = resolve_model_path(config.run.model)
-    tokenizer = load_tokenizer(model_path, config.run.trust_remote_code)
-    rows, skipped = build_prompts(records, tokenizer, settings)
-    if scorers is None:
-        scorer_device = settings.scorer_device
-        if scorer_device == "auto":
-            scorer_device = str(state.device) if placement.device != "cpu" else "cpu"
-        loader = ScorerLoader(
-            ScorerSettings(
-                reward_model=settings.reward_model,
-                evaluator=settings.evaluator,
-                evaluator_kind=settings.evaluator_kind,
-                device=scorer_device,
-                dtype=settings.scorer_dtype,
-                batch_size=settings.scorer_batch_size,
-                max_length=settings.scorer_max_length,
-                use_chat_template=settings.use_chat_template,
-                trust_remote_code=config.run.trust_remote_code,
-            )
-        )
-        weights = settings.reward_weights
-        needs_evaluator = any(weights.get(d, 0.0) for d in COMPONENTS[1:])
-        reward_scorer = loader.reward_model() if weights.get("reward_model", 0.0) else None
-        evaluator = loader.evaluator() if needs_evaluator else None
-    else:
-        reward_scorer, evaluator = scorers
-
-    with _maybe_stage(run_dir, stage_key, is_main) as summary:
-        folder.mkdir(parents=True, exist_ok=True)
-        if is_main:
-            if checkpoint is None:
-                # A fresh start: logs of an earlier attempt that left no checkpoint go.
-                shutil.rmtree(checkpoints, ignore_errors=True)
-                for path in (metrics_path, samples_path):
-                    path.unlink(missing_ok=True)
-            else:
-                done_steps = checkpoint_step(checkpoint)
-                truncate_jsonl(metrics_path, done_steps)
-                truncate_jsonl(samples_path, done_steps)
-            key_file.write_text(resume_key + "\n")
-
-        rewards = InstanceRewards(
-            reward_scorer,
-            evaluator,
-            settings.reward_weights,
-            intercept=settings.reward_intercept,
-            format_penalty=settings.format_penalty,
-            sample_sink=make_sample_sink(samples_path, is_main),
-        )
-        transformers.set_seed(seed)  # the LoRA initialisation and everything after it
-        model = load_causal_lm(model_path, placement, config.run.trust_remote_code)
-        if model.generation_config is not None:
-            model.generation_config.pad_token_id = tokenizer.pad_token_id
-        trainer = build_trainer(
-            settings,
-            model,
-            tokenizer,
-            rows,
-            rewards,
-            checkpoints,
-            seed,
-            [make_metrics_callback(metrics_path)],
-        )
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-
-        if is_main:
-            partial = adapter_dir.with_name(adapter_dir.name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            trainer.model.save_pretrained(partial, safe_serialization=True)
-            tokenizer.save_pretrained(partial)
-            shutil.rmtree(adapter_dir, ignore_errors=True)
-            partial.rename(adapter_dir)
-            plot = plot_rewards(metrics_path, folder / "rewards.png")
-            result = summarize(read_jsonl(metrics_path))
-            result.update(
-                trainer=settings.trainer,
-                steps=trainer.state.global_step,
-                instructions=len(rows),
-                skipped_too_long=skipped,
-                resumed_from=checkpoint.name if checkpoint else None,
-                adapter=str(adapter_dir),
-                metrics=str(metrics_path),
-                plot=str(plot) if plot else None,
-            )
-            write_json_atomic(folder / "summary.json", result)
-            summary.update(result)
-            return result
-    return {}
+    is_main = PartialState().is_main_process
+    stage_key = key(config, run_dir)
+    if is_done(config, run_dir):
+        return {**(read_json(run_dir.path / STAGE / "summary.json") or {}), "skipped": True}
+    load_instructions(run_dir)  # a missing or damaged input fails before anything moves
+    checkpoint = resume_point(config, run_dir, stage_key, resume, restart, is_main)
+    recipe = RLRecipe(config, run_dir, is_main)
+    recipe.setup(scorers)
+    with _stage_record(run_dir, stage_key, config.rl.max_steps, is_main) as status:
+        recipe.train(checkpoint, status)
+        if not is_main:
+            return {}
+        result = recipe.save()
+        status.summary.update(result)
+    return result
 
 
 def summarize(records: list[dict[str, Any]], window: int = 5) -> dict[str, Any]:
-    """First/last-window means of the combined reward and each component (did it learn?)."""
+    """First/last-window means of the combined reward and each reward (did it learn?)."""
     result: dict[str, Any] = {}
-    for name in ("reward_combined", *COMPONENTS, "format_penalty_rate", "kl"):
+    for name in plotted_columns(records):
         values = [r[name] for r in records if r.get(name) is not None]
-        if not values:
-            continue
         size = max(1, min(window, len(values) // 2 or 1))
         result[name] = {
             "first": round(sum(values[:size]) / size, 4),

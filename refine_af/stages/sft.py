@@ -20,45 +20,63 @@ Outputs in ``RUN/sft/<variant>/``::
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar
 
+from refine_af.callbacks import progress_callback
 from refine_af.config import ConfigError, fingerprint, help_field, to_dict
 from refine_af.errors import UserError
 from refine_af.models import lora_config
 from refine_af.prompts import training_completion, training_prompt
-from refine_af.run_dir import RunDirectory, write_json_atomic
+from refine_af.run_dir import RunDirectory, StageRecord
 from refine_af.stages.instances import STAGE_DIR as INSTANCES_DIR
-from refine_af.stages.instances import check_variant, file_digest
+from refine_af.stages.instances import check_variant
+from refine_af.storage import (
+    atomic_directory,
+    file_digest,
+    read_json,
+    read_records,
+    write_json_atomic,
+    write_records_atomic,
+)
+from refine_af.trl_args import trainer_config
 
 STAGE_DIR = "sft"
 # Settings that change neither the data nor the optimisation: no reason to retrain.
-NON_TRAINING_SETTINGS = ("merge", "logging_steps", "save_steps", "save_total_limit")
+NON_TRAINING_SETTINGS = ("merge", "logging_steps", "save_steps", "report_to")
 
 
 @dataclass
 class SFTConfig:
-    """Stage 3b settings (LoRA on the attention projections by default)."""
+    """Stage 3b settings (LoRA on the attention projections by default).
 
-    num_epochs: float = help_field(2.0, "Training epochs over the instances.")
-    max_steps: int = help_field(-1, "Stop after this many optimizer steps (-1: use num_epochs).")
+    The TRL ``SFTConfig`` arguments the stage reads or gives its own default are keys here; any
+    other argument goes in ``trainer_args`` and reaches TRL unchanged.
+    """
+
+    RENAMED: ClassVar[dict[str, str]] = {
+        "num_epochs": "num_train_epochs",
+        "per_device_batch_size": "per_device_train_batch_size",
+        "target_modules": "lora_target_modules",
+        "warmup_steps": "trainer_args.warmup_steps",
+        "weight_decay": "trainer_args.weight_decay",
+        "gradient_accumulation_steps": "trainer_args.gradient_accumulation_steps",
+        "save_total_limit": "trainer_args.save_total_limit",
+    }
+
+    num_train_epochs: float = help_field(2.0, "Training epochs over the instances.")
+    max_steps: int = help_field(-1, "Stop after this many optimizer steps (-1: use epochs).")
     learning_rate: float = help_field(2e-4, "Peak learning rate (LoRA takes larger ones).")
-    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = help_field(
-        "linear", "Learning-rate schedule."
+    lr_scheduler_type: str = help_field(
+        "linear", "Learning-rate schedule ('linear', 'cosine', 'constant', ...)."
     )
-    warmup_steps: int = help_field(0, "Linear warm-up steps.")
-    weight_decay: float = help_field(0.0, "AdamW weight decay.")
-    per_device_batch_size: int = help_field(8, "Examples per device per micro-batch.")
-    gradient_accumulation_steps: int = help_field(1, "Micro-batches per optimizer step.")
+    per_device_train_batch_size: int = help_field(8, "Examples per device per micro-batch.")
     max_length: int = help_field(256, "Tokens per example (prompt + completion); longer: cut.")
     lora_r: int = help_field(8, "LoRA rank.")
     lora_alpha: int = help_field(16, "LoRA scaling numerator (alpha / r scales the update).")
     lora_dropout: float = help_field(0.05, "Dropout on the LoRA input.")
-    target_modules: list[str] = help_field(  # noqa: RUF009 - help_field is field()
+    lora_target_modules: list[str] = help_field(  # noqa: RUF009 - help_field is field()
         ["q_proj", "k_proj", "v_proj", "o_proj"],
         "Module names that get LoRA adapters; ['all-linear'] adapts every linear layer.",
     )
@@ -71,21 +89,26 @@ class SFTConfig:
     )
     logging_steps: int = help_field(5, "Log loss every N steps (metrics.jsonl).")
     save_steps: int = help_field(50, "Checkpoint every N steps (an interrupted run resumes).")
-    save_total_limit: int = help_field(2, "Keep at most this many checkpoints.")
+    report_to: str = help_field(
+        "none", "Live training logs: 'none', 'tensorboard', 'trackio', 'wandb' (TRL's report_to)."
+    )
     merge: bool = help_field(False, "Also save the adapter merged into a full model (merged/).")
+    trainer_args: dict[str, Any] = help_field(  # noqa: RUF009 - help_field is field()
+        {},
+        "Any other argument of TRL's SFTConfig, passed through as is (e.g. warmup_steps, "
+        "weight_decay, gradient_accumulation_steps, save_total_limit).",
+    )
 
     def __post_init__(self) -> None:
-        if self.num_epochs <= 0 and self.max_steps <= 0:
-            raise ConfigError("sft needs num_epochs > 0 or max_steps > 0")
+        if self.num_train_epochs <= 0 and self.max_steps <= 0:
+            raise ConfigError("sft needs num_train_epochs > 0 or max_steps > 0")
         for name in (
-            "per_device_batch_size",
-            "gradient_accumulation_steps",
+            "per_device_train_batch_size",
             "max_length",
             "lora_r",
             "lora_alpha",
             "logging_steps",
             "save_steps",
-            "save_total_limit",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"sft.{name} must be >= 1")
@@ -93,8 +116,8 @@ class SFTConfig:
             raise ConfigError(f"sft.learning_rate must be > 0, got {self.learning_rate}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError("sft.lora_dropout must be in [0, 1)")
-        if not self.target_modules:
-            raise ConfigError("sft.target_modules is empty: name the modules to adapt")
+        if not self.lora_target_modules:
+            raise ConfigError("sft.lora_target_modules is empty: name the modules to adapt")
         if self.max_train_instances is not None and self.max_train_instances < 1:
             raise ConfigError("sft.max_train_instances must be >= 1 (or null: all)")
 
@@ -115,20 +138,16 @@ def instances_path(run_dir: RunDirectory, variant: str) -> Path:
 def training_examples(path: Path, limit: int | None = None) -> list[dict[str, str]]:
     """Prompt-completion pairs in the one fine-tuning format (refine_af.prompts)."""
     examples = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                examples.append(
-                    {
-                        "prompt": training_prompt(record["instruction"], record.get("input", "")),
-                        "completion": training_completion(record["output"]),
-                    }
-                )
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise UserError(f"{path} line {number} is not an instance record") from error
+    for number, record in enumerate(read_records(path, "run generate-instances again"), 1):
+        try:
+            examples.append(
+                {
+                    "prompt": training_prompt(record["instruction"], record.get("input", "")),
+                    "completion": training_completion(record["output"]),
+                }
+            )
+        except (KeyError, TypeError, AttributeError) as error:
+            raise UserError(f"{path} record {number} is not an instance record") from error
     if limit is not None:
         examples = examples[:limit]
     if not examples:
@@ -143,11 +162,13 @@ def stage_name(variant: str) -> str:
     return f"{STAGE_DIR}:{variant}"
 
 
-def stage_fingerprint(config: Any, run_dir: RunDirectory, variant: str) -> str:
+def key(config: Any, run_dir: RunDirectory, variant: str | None = None) -> str:
     """What the adapter depends on: training settings, base model, seed and the instances."""
+    variant = check_variant(variant)
     settings = to_dict(config.sft)
     for name in NON_TRAINING_SETTINGS:
         settings.pop(name)
+    settings["trainer_args"].pop("save_total_limit", None)
     return fingerprint(
         settings,
         config.run.model,
@@ -157,8 +178,50 @@ def stage_fingerprint(config: Any, run_dir: RunDirectory, variant: str) -> str:
     )
 
 
+def is_done(config: Any, run_dir: RunDirectory, variant: str | None = None) -> bool:
+    variant = check_variant(variant)
+    folder = run_dir.path / STAGE_DIR / variant
+    merged_missing = config.sft.merge and not (folder / "merged" / "config.json").is_file()
+    return (
+        run_dir.is_done(stage_name(variant), key(config, run_dir, variant))
+        and (folder / "adapter" / "adapter_config.json").is_file()
+        and not merged_missing
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Trainer.
+
+
+def training_arguments(config: Any, output_dir: Path, bf16: bool, use_cpu: bool) -> Any:
+    """TRL's ``SFTConfig``: the stage's settings plus ``sft.trainer_args``."""
+    from trl import SFTConfig as TRLSFTConfig
+
+    settings: SFTConfig = config.sft
+    stage_values: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "num_train_epochs": settings.num_train_epochs,
+        "max_steps": settings.max_steps,
+        "learning_rate": settings.learning_rate,
+        "lr_scheduler_type": settings.lr_scheduler_type,
+        "per_device_train_batch_size": settings.per_device_train_batch_size,
+        "gradient_checkpointing": settings.gradient_checkpointing,
+        "max_length": settings.max_length,
+        # The loss is on the completion only; the prompt tokens get label -100.
+        "completion_only_loss": True,
+        "packing": False,
+        "bf16": bf16,
+        "fp16": False,
+        "use_cpu": use_cpu,
+        "logging_steps": settings.logging_steps,
+        "save_strategy": "steps",
+        "save_steps": settings.save_steps,
+        "seed": config.run.seed,
+        "data_seed": config.run.seed,
+        "report_to": settings.report_to,
+        "dataloader_num_workers": 0,
+    }
+    return trainer_config(TRLSFTConfig, "sft", stage_values, settings.trainer_args)
 
 
 def build_trainer(
@@ -166,11 +229,11 @@ def build_trainer(
     examples: list[dict[str, str]],
     output_dir: Path,
     model_path: str | None = None,
+    status: StageRecord | None = None,
 ) -> Any:
     """A TRL ``SFTTrainer`` over the examples with a fresh LoRA adapter on the base model."""
     import torch
     from datasets import Dataset
-    from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
     from refine_af.models import choose_placement, load_causal_lm, load_tokenizer
@@ -179,43 +242,22 @@ def build_trainer(
     settings: SFTConfig = config.sft
     model_path = model_path or resolve(config.run.model)
     placement = choose_placement(config.run.device, config.run.dtype)
+    bf16 = settings.bf16 if settings.bf16 is not None else placement.dtype == torch.bfloat16
+    arguments = training_arguments(config, output_dir, bf16, placement.device == "cpu")
     tokenizer = load_tokenizer(model_path, config.run.trust_remote_code)
     model = load_causal_lm(model_path, placement, config.run.trust_remote_code)
-    bf16 = settings.bf16 if settings.bf16 is not None else placement.dtype == torch.bfloat16
-    arguments = TRLSFTConfig(
-        output_dir=str(output_dir),
-        num_train_epochs=settings.num_epochs,
-        max_steps=settings.max_steps,
-        learning_rate=settings.learning_rate,
-        lr_scheduler_type=settings.lr_scheduler_type,
-        warmup_steps=settings.warmup_steps,
-        weight_decay=settings.weight_decay,
-        per_device_train_batch_size=settings.per_device_batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation_steps,
-        gradient_checkpointing=settings.gradient_checkpointing,
-        max_length=settings.max_length,
-        completion_only_loss=True,
-        packing=False,
-        bf16=bf16,
-        fp16=False,
-        use_cpu=placement.device == "cpu",
-        logging_steps=settings.logging_steps,
-        save_strategy="steps",
-        save_steps=settings.save_steps,
-        save_total_limit=settings.save_total_limit,
-        seed=config.run.seed,
-        data_seed=config.run.seed,
-        report_to="none",
-        dataloader_num_workers=0,
-    )
     return SFTTrainer(
         model=model,
         args=arguments,
         train_dataset=Dataset.from_list(examples),
         processing_class=tokenizer,
         peft_config=lora_config(
-            settings.lora_r, settings.lora_alpha, settings.lora_dropout, settings.target_modules
+            settings.lora_r,
+            settings.lora_alpha,
+            settings.lora_dropout,
+            settings.lora_target_modules,
         ),
+        callbacks=[progress_callback(status)],
     )
 
 
@@ -230,59 +272,59 @@ def last_checkpoint(folder: Path) -> Path | None:
 
 
 def save_adapter(trainer: Any, target: Path) -> None:
-    """Save the PEFT adapter (safetensors) and tokenizer; atomic so a kill leaves no half."""
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    trainer.model.save_pretrained(str(partial), safe_serialization=True)
-    trainer.processing_class.save_pretrained(str(partial))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(partial, target)
+    """Save the PEFT adapter (safetensors) and tokenizer; a kill leaves the old one or none."""
+    with atomic_directory(target) as partial:
+        trainer.model.save_pretrained(str(partial), safe_serialization=True)
+        trainer.processing_class.save_pretrained(str(partial))
 
 
 # ---------------------------------------------------------------------------------------------
 # The stage.
 
 
-def run(config: Any, run_dir: RunDirectory, variant: str, restart: bool = False) -> dict[str, Any]:
+def run(
+    config: Any,
+    run_dir: RunDirectory,
+    variant: str | None = None,
+    *,
+    restart: bool = False,
+) -> dict[str, Any]:
     """Fine-tune a LoRA adapter on one variant's instances; return the stage summary.
 
     Skipped when the adapter was already trained from the same instances and settings (unless
-    ``restart``). Checkpoints of other inputs or settings are removed: they can't be resumed
-    and are cheap to redo compared to training on stale data.
+    ``restart``). Outputs made from other instances or settings are set aside, never deleted; an
+    interrupted run with the same key resumes from its last checkpoint.
     """
     from refine_af.models import merge_adapter, resolve_model_path
 
-    check_variant(variant)
+    variant = check_variant(variant)
     settings: SFTConfig = config.sft
     source = instances_path(run_dir, variant)
-    key = stage_fingerprint(config, run_dir, variant)
+    stage_key = key(config, run_dir, variant)
     folder = run_dir.path / STAGE_DIR / variant
     checkpoints, adapter = folder / "checkpoints", folder / "adapter"
     base_path = resolve_model_path(config.run.model)
 
-    if not restart and run_dir.is_done(stage_name(variant), key) and adapter.is_dir():
-        summary = json.loads((folder / "summary.json").read_text())
-        if settings.merge and not (folder / "merged" / "config.json").is_file():
-            merge_adapter(base_path, adapter, folder / "merged")
-            summary["merged"] = str(folder / "merged")
+    if not restart and is_done(config, run_dir, variant):
+        return {**(read_json(folder / "summary.json") or {}), "skipped": True}
+    if not restart and run_dir.is_done(stage_name(variant), stage_key) and adapter.is_dir():
+        # Trained, only the merged copy is missing (sft.merge turned on afterwards).
+        summary = read_json(folder / "summary.json") or {}
+        summary["merged"] = str(merge_adapter(base_path, adapter, folder / "merged"))
+        write_json_atomic(folder / "summary.json", summary)
         return {**summary, "skipped": True}
+    # --restart on the same key trains again from scratch: set the old outputs aside first.
+    if restart and (folder / "key").is_file():
+        run_dir.set_aside(folder, stage_key)
+    run_dir.claim(folder, stage_key, True, "an adapter")
 
-    folder.mkdir(parents=True, exist_ok=True)
-    key_file = folder / "fingerprint"
-    if restart or (key_file.is_file() and key_file.read_text().strip() != key):
-        shutil.rmtree(checkpoints, ignore_errors=True)
-    key_file.write_text(key + "\n")
-
-    with run_dir.stage(stage_name(variant), key) as summary:
+    with run_dir.stage(stage_name(variant), stage_key) as status:
         examples = training_examples(source, settings.max_train_instances)
-        trainer = build_trainer(config, examples, checkpoints, base_path)
+        trainer = build_trainer(config, examples, checkpoints, base_path, status)
         resume_from = last_checkpoint(checkpoints)
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         save_adapter(trainer, adapter)
-
-        with (folder / "metrics.jsonl").open("w", encoding="utf-8") as handle:
-            for entry in trainer.state.log_history:
-                handle.write(json.dumps(entry) + "\n")
+        write_records_atomic(folder / "metrics.jsonl", trainer.state.log_history)
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         result: dict[str, Any] = {
             "variant": variant,
@@ -297,9 +339,12 @@ def run(config: Any, run_dir: RunDirectory, variant: str, restart: bool = False)
             "resumed_from": resume_from.name if resume_from else None,
             "train_seconds": round(float(output.metrics.get("train_runtime", 0.0)), 1),
         }
+        del trainer, output  # free the model before merging loads another copy
         if settings.merge:
-            shutil.rmtree(folder / "merged", ignore_errors=True)  # it holds the old adapter
-            result["merged"] = str(merge_adapter(base_path, adapter, folder / "merged"))
+            merged = folder / "merged"
+            if merged.exists():
+                run_dir.set_aside(merged, "old")  # it holds the previous adapter
+            result["merged"] = str(merge_adapter(base_path, adapter, merged))
         write_json_atomic(folder / "summary.json", result)
-        summary.update(result)
+        status.summary.update(result)
     return result

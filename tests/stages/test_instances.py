@@ -18,9 +18,9 @@ from refine_af.prompts import (
     parse_instances,
     parse_output_first_instances,
 )
-from refine_af.run_config import load_config
 from refine_af.run_dir import RunDirectory
 from refine_af.stages import instances
+from refine_af.train_config import load_config
 
 # ---------------------------------------------------------------------------------------------
 # Prompts and parsers.

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from refine_af.generation import Completion, SamplingParams
-from refine_af.run_config import load_config
 from refine_af.run_dir import RunDirectory
 from refine_af.stages import instructions
-from refine_af.stages.instructions import read_batch_log
+from refine_af.storage import read_log as read_batch_log
+from refine_af.train_config import load_config
 
 WORDS = [
     "apple",

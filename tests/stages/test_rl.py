@@ -10,9 +10,10 @@ import pytest
 from refine_af.config import ConfigError
 from refine_af.errors import UserError
 from refine_af.instance_format import ParsedInstance
-from refine_af.run_config import load_config
 from refine_af.run_dir import RunDirectory
 from refine_af.stages import rl
+from refine_af.storage import read_log
+from refine_af.train_config import load_config
 
 INSTRUCTIONS = [
     "Write a short greeting.",
@@ -31,8 +32,8 @@ def make_config(run_path: Path, model_dir: Path, *overrides: str):
             "run.device=cpu",
             f"rl.reward_model=causal:{model_dir}",
             f"rl.evaluator={model_dir}",
-            "rl.num_steps=1",
-            "rl.per_device_batch_size=4",
+            "rl.max_steps=1",
+            "rl.per_device_train_batch_size=4",
             "rl.num_generations=2",
             "rl.max_completion_length=8",
             "rl.save_steps=1",
@@ -72,8 +73,8 @@ class LengthScorer:
     ("override", "message"),
     [
         ("rl.num_generations=1", "num_generations must be >= 2"),
-        ("rl.per_device_batch_size=6", "multiple of rl.num_generations"),
-        ("rl.reward_weights={fluency: 1.0}", "unknown components"),
+        ("rl.per_device_train_batch_size=6", "multiple of rl.num_generations"),
+        ("rl.reward_weights={fluency: 1.0}", "unknown rewards"),
         ("rl.trainer=ppo", "rl.trainer must be one of"),
         ("rl.reward_model='causal:'", "needs a model"),
     ],
@@ -157,7 +158,7 @@ def test_train_steps_move_the_adapter_and_resume(tmp_path, tiny_model_dir, monke
         after = PeftModel.from_pretrained(base, adapter)(ids).logits
     assert not torch.allclose(before, after)
 
-    metrics = rl.read_jsonl(folder / "metrics.jsonl")
+    metrics = read_log(folder / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1]
     for key in (
         "reward_model",
@@ -171,23 +172,23 @@ def test_train_steps_move_the_adapter_and_resume(tmp_path, tiny_model_dir, monke
     ):
         assert key in metrics[0], key
     assert (folder / "rewards.png").stat().st_size > 0
-    assert {r["step"] for r in rl.read_jsonl(folder / "samples.jsonl")} == {1}
+    assert {r["step"] for r in read_log(folder / "samples.jsonl")} == {1}
     assert run_dir.stage_status("rl")["state"] == "done"
 
     # Same settings again: already done, nothing retrained.
     assert rl.run(make_config(tmp_path, tiny_model_dir), run_dir, scorers=scorers)["skipped"]
     # More steps without --resume: refused, with the way out in the message.
-    longer = make_config(tmp_path, tiny_model_dir, "rl.num_steps=2")
+    longer = make_config(tmp_path, tiny_model_dir, "rl.max_steps=2")
     with pytest.raises(UserError, match="pass --resume"):
         rl.run(longer, run_dir, scorers=scorers)
     # With --resume: continues from checkpoint-1 and logs step 2 only once.
     resumed = rl.run(longer, run_dir, resume=True, scorers=scorers)
     assert resumed["resumed_from"] == "checkpoint-1" and resumed["steps"] == 2
-    assert [m["step"] for m in rl.read_jsonl(folder / "metrics.jsonl")] == [1, 2]
-    assert {r["step"] for r in rl.read_jsonl(folder / "samples.jsonl")} == {1, 2}
+    assert [m["step"] for m in read_log(folder / "metrics.jsonl")] == [1, 2]
+    assert {r["step"] for r in read_log(folder / "samples.jsonl")} == {1, 2}
     # Changing what the checkpoints mean is refused on --resume.
-    other = make_config(tmp_path, tiny_model_dir, "rl.num_steps=3", "rl.beta=0.5")
-    with pytest.raises(UserError, match="other settings"):
+    other = make_config(tmp_path, tiny_model_dir, "rl.max_steps=3", "rl.beta=0.5")
+    with pytest.raises(UserError, match="other inputs or settings"):
         rl.run(other, run_dir, resume=True, scorers=scorers)
 
 
@@ -199,7 +200,10 @@ def test_rollout_gives_one_completion_per_prompt_as_trl_tokenizes(tiny_model_dir
     model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")
     config = make_config(Path("unused"), tiny_model_dir)
     trainer = SimpleNamespace(
-        model=model, top_k=0, accelerator=SimpleNamespace(unwrap_model=lambda m: m)
+        model=model,
+        top_k=0,
+        args=SimpleNamespace(top_p=1.0),
+        accelerator=SimpleNamespace(unwrap_model=lambda m: m),
     )
     prompts = [p for p in ("Name a fruit.", "Write a much longer greeting, please.") for _ in "ab"]
     out = rl.make_rollout(config.rl, tokenizer)(prompts, trainer)
@@ -236,7 +240,10 @@ def test_rollout_samples_the_adapted_policy_and_leaves_its_weights_as_they_were(
     )
     config = make_config(Path("unused"), tiny_model_dir, "rl.max_completion_length=6")
     trainer = SimpleNamespace(
-        model=policy, top_k=1, accelerator=SimpleNamespace(unwrap_model=lambda m: m)
+        model=policy,
+        top_k=1,
+        args=SimpleNamespace(top_p=1.0),
+        accelerator=SimpleNamespace(unwrap_model=lambda m: m),
     )
     out = rl.make_rollout(config.rl, tokenizer)(prompts, trainer)  # top_k=1: greedy
     assert out["completion_ids"] == unmerged
@@ -283,8 +290,8 @@ def test_two_cpu_processes_with_accelerate_launch(tmp_path, tiny_model_dir):
         "run.device=cpu",
         f"rl.reward_model=causal:{tiny_model_dir}",
         f"rl.evaluator={tiny_model_dir}",
-        "rl.num_steps=2",
-        "rl.per_device_batch_size=4",
+        "rl.max_steps=2",
+        "rl.per_device_train_batch_size=4",
         "rl.num_generations=2",
         "rl.max_completion_length=8",
         "rl.save_steps=1",
@@ -305,5 +312,5 @@ def test_two_cpu_processes_with_accelerate_launch(tmp_path, tiny_model_dir):
     folder = tmp_path / "rl"
     assert (folder / "adapter" / "adapter_config.json").is_file()
     # Only the main process logs: one metrics line per step, not two.
-    assert [m["step"] for m in rl.read_jsonl(folder / "metrics.jsonl")] == [1, 2]
+    assert [m["step"] for m in read_log(folder / "metrics.jsonl")] == [1, 2]
     assert RunDirectory(tmp_path).stage_status("rl")["state"] == "done"

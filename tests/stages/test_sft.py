@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from refine_af.prompts import training_completion, training_prompt
-from refine_af.run_config import load_config
 from refine_af.run_dir import RunDirectory
 from refine_af.stages import sft
+from refine_af.train_config import load_config
 
 
 def make_instances(run: Path, n: int = 6) -> None:
@@ -36,7 +36,7 @@ def tiny_config(run: Path, model: Path, *overrides: str):
             f"run.output_dir={run}",
             f"run.model={model}",
             "sft.max_steps=2",
-            "sft.per_device_batch_size=4",
+            "sft.per_device_train_batch_size=4",
             "sft.learning_rate=0.01",
             "sft.logging_steps=1",
             "sft.max_length=64",

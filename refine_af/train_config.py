@@ -1,16 +1,15 @@
-"""The whole run's config: the ``run:`` block plus one block per stage, and how it is loaded."""
+"""A train config file: the ``run:`` section plus one section per stage, and how it is loaded.
+
+``refineaf train`` and every stage command (and ``refineaf score``) read one such file; each
+section's dataclass lives next to the code that runs it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from refine_af.config import (
-    RunConfig,
-    apply_overrides,
-    build_dataclass,
-    read_config_file,
-)
+from refine_af.config import RunSection, apply_overrides, build_dataclass, read_config_file
 from refine_af.pipeline import PipelineConfig
 from refine_af.stages.instances import InstanceGenerationConfig
 from refine_af.stages.instructions import InstructionGenerationConfig
@@ -19,10 +18,10 @@ from refine_af.stages.sft import SFTConfig
 
 
 @dataclass
-class RunSettings:
-    """Everything one run directory is made from."""
+class TrainConfig:
+    """Everything one run directory is made from (one YAML file)."""
 
-    run: RunConfig = field(
+    run: RunSection = field(
         default=None, metadata={"help": "Shared settings: output directory, seed, model."}
     )
     generate_instructions: InstructionGenerationConfig = field(
@@ -39,7 +38,7 @@ class RunSettings:
 
     def __post_init__(self) -> None:
         # Missing sections take their defaults.
-        self.run = self.run or RunConfig()
+        self.run = self.run or RunSection()
         self.generate_instructions = self.generate_instructions or InstructionGenerationConfig()
         self.rl = self.rl or RLConfig()
         self.generate_instances = self.generate_instances or InstanceGenerationConfig()
@@ -47,8 +46,8 @@ class RunSettings:
         self.pipeline = self.pipeline or PipelineConfig()
 
 
-def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> RunSettings:
+def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Read a config file (or packaged name), apply ``section.key=value`` overrides, validate."""
     raw: dict[str, Any] = read_config_file(name_or_path)
     apply_overrides(raw, list(overrides))
-    return build_dataclass(RunSettings, raw)
+    return build_dataclass(TrainConfig, raw)
