@@ -6,3 +6,9 @@ class UserError(Exception):
 
     The CLI prints ``error: <message>`` and exits with status 2, without a traceback.
     """
+
+
+def one_line(error: BaseException | str) -> str:
+    """The first line of an exception's message (or of a text), for one-line user errors."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]

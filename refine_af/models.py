@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from refine_af.errors import UserError
+from refine_af.errors import UserError, one_line
 from refine_af.storage import atomic_directory
 
 DEFAULT_MODEL_ALIAS = "default"
@@ -166,12 +166,6 @@ def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
     else:
         chosen = getattr(torch, dtype)
     return Placement(device=device, dtype=chosen)
-
-
-def one_line(error: BaseException) -> str:
-    """The first line of an exception's message, for single-line user errors."""
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
 
 
 # Files one of which a saved tokenizer has (fast tokenizers, sentencepiece, BPE and WordPiece).

@@ -9,17 +9,7 @@ The paper's reward for an instance (instruction, input, output) is (SPEC section
 answers "Yes" to the dimension's question, the instruction + input being the dialogue history and
 the output the response. Weights and intercept are configuration.
 
-Scorers (all loaded once, batched, run without gradients on their own device):
-
-* :class:`SequenceClassificationScorer` — a real reward model (paper: OpenAssistant's
-  ``oasst-rm-2.1-pythia-1.4b-epoch-2.5``), the first logit is the score.
-* :class:`T5YesNoScorer` — UniEval (``MingZhong/unieval-dialog``): ``question: ... </s> response:
-  ... [</s> dialogue history: ...]`` in, ``P(Yes) / (P(Yes) + P(No))`` at the first decoder step.
-* :class:`CausalYesNoScorer` — any causal LM asked the same Yes/No question through its chat
-  template: the softmax over the next-token probabilities of the Yes and No tokens. This is what
-  lets the stage run offline with only the embedded SmolLM2. Used as ``reward_model`` (setting
-  ``causal:<model>``) it returns the log-odds ``log P(Yes) − log P(No)`` of "is this a good
-  response?", an unbounded score like a reward model's logit rather than a probability.
+The scorers themselves and how they load are :mod:`refine_af.scorers`.
 
 Rewards are plain functions registered by name (:func:`register_reward`); ``rl.reward_weights``
 names the ones that count. :class:`AutomatedFeedback` computes, once per batch, the scorer
@@ -35,12 +25,19 @@ written to the sample log.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 from refine_af.config import ConfigError
 from refine_af.errors import UserError
 from refine_af.instance_format import ParsedInstance, parse_instance
+from refine_af.scorers import (
+    WITH_CONTEXT,
+    CausalYesNoScorer,
+    Scorer,
+    SequenceClassificationScorer,
+    T5YesNoScorer,
+)
 
 DIMENSIONS = ("understandability", "naturalness", "coherence")
 FORMAT_REWARD = "format"
@@ -51,15 +48,7 @@ PAPER_WEIGHTS: dict[str, float] = {
     "coherence": 0.1520,
 }
 PAPER_INTERCEPT = -0.0274
-CAUSAL_PREFIX = "causal:"
 
-# UniEval's own dialogue questions (maszhongming/UniEval, utils.add_question, task "dialogue"):
-# the T5 evaluator was trained on exactly these strings, so they must not be reworded.
-UNIEVAL_QUESTIONS = {
-    "naturalness": "Is this a natural response in the dialogue?",
-    "coherence": "Is this a coherent response given the dialogue history?",
-    "understandability": "Is this an understandable response in the dialogue?",
-}
 # The same dimensions asked of a general chat model, about an instruction's instance.
 CAUSAL_QUESTIONS = {
     "understandability": "Is the response understandable?",
@@ -67,14 +56,6 @@ CAUSAL_QUESTIONS = {
     "coherence": "Is the response coherent with the instruction and input above?",
     "reward_model": "Is the response a good and correct answer to the instruction?",
 }
-# Which questions see the context (UniEval gives only coherence the dialogue history).
-WITH_CONTEXT = frozenset({"coherence", "reward_model"})
-
-
-def one_line(error: BaseException) -> str:
-    """The first line of an exception's message, for single-line user errors."""
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
 
 
 def instance_context(instruction: str, input_text: str) -> str:
@@ -97,290 +78,6 @@ def combine(
         if value is not None and weight:
             total += weight * value
     return total
-
-
-# ---------------------------------------------------------------------------------------------
-# Scorers.
-
-
-class Scorer(Protocol):
-    """Something that scores a batch of prepared texts."""
-
-    def score(self, texts: Sequence[str]) -> list[float]: ...
-
-
-def _batches(items: Sequence[int], size: int) -> list[list[int]]:
-    return [list(items[i : i + size]) for i in range(0, len(items), size)]
-
-
-def _length_order(tokenizer: Any, texts: Sequence[str]) -> list[int]:
-    """Indices of ``texts`` longest first, so each batch pads little."""
-    lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-    return sorted(range(len(texts)), key=lambda i: -lengths[i])
-
-
-def _first_token_ids(tokenizer: Any, words: Sequence[str], answer: str) -> list[int]:
-    """Ids of the first token of each spelling whose token decodes to ``answer`` itself."""
-    ids: list[int] = []
-    for word in words:
-        encoded = tokenizer(word, add_special_tokens=False)["input_ids"]
-        if not encoded:
-            continue
-        token = encoded[0]
-        if tokenizer.decode([token]).strip().lower() == answer and token not in ids:
-            ids.append(token)
-    return ids
-
-
-@dataclass
-class CausalYesNoScorer:
-    """Yes/No probability of a causal LM's next token after a question (see module docstring).
-
-    ``P(yes) = Σ p(yes spellings) / (Σ p(yes spellings) + Σ p(no spellings))`` over the first
-    tokens of "Yes", " Yes", "yes", " yes" (and the same for No) that exist in the vocabulary, so
-    the answer's spelling (with or without a leading space) does not matter.
-    """
-
-    model: Any
-    tokenizer: Any
-    batch_size: int = 16
-    max_length: int = 512
-    use_chat_template: bool = True
-    log_odds: bool = False
-    yes_ids: list[int] = field(init=False)
-    no_ids: list[int] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.yes_ids = _first_token_ids(self.tokenizer, ["Yes", " Yes", "yes", " yes"], "yes")
-        self.no_ids = _first_token_ids(self.tokenizer, ["No", " No", "no", " no"], "no")
-        if not self.yes_ids or not self.no_ids:
-            raise UserError("the causal evaluator's tokenizer has no single token for Yes or No")
-
-    def prompt(self, question: str, response: str, context: str | None) -> str:
-        """The question about one response; the answer is the next token."""
-        from refine_af.prompts import render_chat
-
-        parts = []
-        if context is not None:
-            parts.append(f"Instruction:\n{context}")
-        parts.append(f"Response:\n{response.strip()}")
-        # The question goes last, so truncating a long prompt on the left keeps it.
-        parts.append(f"{question} Answer Yes or No.")
-        return render_chat(self.tokenizer, "\n\n".join(parts), "", self.use_chat_template)
-
-    def score(self, texts: Sequence[str]) -> list[float]:
-        """P(Yes) (or its log-odds) for each prepared prompt."""
-        import torch
-
-        scores: list[float] = [0.0] * len(texts)
-        device = self.model.device
-        yes = torch.tensor(self.yes_ids, device=device)
-        no = torch.tensor(self.no_ids, device=device)
-        for batch in _batches(_length_order(self.tokenizer, texts), self.batch_size):
-            encoded = self.tokenizer(
-                [texts[i] for i in batch],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                add_special_tokens=False,
-            ).to(device)
-            with torch.inference_mode():
-                # Left padding: the last position is every row's real next-token position, and
-                # the only one whose logits are needed (the vocabulary projection of the others
-                # would cost a fifth of the forward pass and a 49k-wide row per token).
-                logits = self.model(**encoded, logits_to_keep=1).logits[:, -1, :].float()
-            logprobs = torch.log_softmax(logits, dim=-1)
-            log_yes = torch.logsumexp(logprobs[:, yes], dim=-1)
-            log_no = torch.logsumexp(logprobs[:, no], dim=-1)
-            values = log_yes - log_no if self.log_odds else torch.sigmoid(log_yes - log_no)
-            for row, index in enumerate(batch):
-                scores[index] = float(values[row])
-        return scores
-
-
-@dataclass
-class T5YesNoScorer:
-    """UniEval's Boolean QA: ``P(Yes) / (P(Yes) + P(No))`` at the first decoder position."""
-
-    model: Any
-    tokenizer: Any
-    batch_size: int = 16
-    max_length: int = 1024
-    pos_id: int = field(init=False)
-    neg_id: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        # As UniEval does: the first id of the encoded word (T5 gives "▁Yes", then </s>).
-        self.pos_id = self.tokenizer("Yes").input_ids[0]
-        self.neg_id = self.tokenizer("No").input_ids[0]
-
-    @staticmethod
-    def prompt(dimension: str, response: str, context: str) -> str:
-        """UniEval's input text for a dialogue dimension."""
-        text = f"question: {UNIEVAL_QUESTIONS[dimension]} </s> response: {response.strip()}"
-        if dimension in WITH_CONTEXT:
-            text += f" </s> dialogue history: {context}"
-        return text
-
-    def score(self, texts: Sequence[str]) -> list[float]:
-        import torch
-
-        scores: list[float] = [0.0] * len(texts)
-        device = self.model.device
-        start = self.model.config.decoder_start_token_id
-        if start is None:
-            start = self.tokenizer.pad_token_id
-        for batch in _batches(_length_order(self.tokenizer, texts), self.batch_size):
-            encoded = self.tokenizer(
-                [texts[i] for i in batch],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-            ).to(device)
-            decoder_input_ids = torch.full((len(batch), 1), start, device=device)
-            with torch.no_grad():
-                logits = self.model(**encoded, decoder_input_ids=decoder_input_ids).logits
-            probs = torch.softmax(logits[:, 0, :].float(), dim=-1)
-            pos, neg = probs[:, self.pos_id], probs[:, self.neg_id]
-            values = pos / (pos + neg)
-            for row, index in enumerate(batch):
-                scores[index] = float(values[row])
-        return scores
-
-
-@dataclass
-class SequenceClassificationScorer:
-    """A reward model with a sequence-classification head; the first logit is the reward.
-
-    The text follows OpenAssistant's reward-model format,
-    ``<|prompter|>{prompt}<eos><|assistant|>{response}<eos>``, which the paper's RM was trained on.
-    """
-
-    model: Any
-    tokenizer: Any
-    batch_size: int = 8
-    max_length: int = 1024
-
-    def prompt(self, prompt: str, response: str) -> str:
-        eos = self.tokenizer.eos_token or ""
-        return f"<|prompter|>{prompt}{eos}<|assistant|>{response.strip()}{eos}"
-
-    def score(self, texts: Sequence[str]) -> list[float]:
-        import torch
-
-        scores: list[float] = [0.0] * len(texts)
-        device = self.model.device
-        for batch in _batches(_length_order(self.tokenizer, texts), self.batch_size):
-            encoded = self.tokenizer(
-                [texts[i] for i in batch],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                add_special_tokens=False,
-            ).to(device)
-            with torch.no_grad():
-                logits = self.model(**encoded).logits
-            for row, index in enumerate(batch):
-                scores[index] = float(logits[row, 0])
-        return scores
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading.
-
-
-@dataclass(frozen=True)
-class ScorerSettings:
-    """Where scorers come from and how they run (a view of the stage-2 config)."""
-
-    reward_model: str
-    evaluator: str
-    evaluator_kind: str  # "causal" or "unieval"
-    device: str = "cpu"
-    dtype: str = "auto"
-    batch_size: int = 16
-    max_length: int = 512
-    use_chat_template: bool = True
-    trust_remote_code: bool = False
-
-
-class ScorerLoader:
-    """Loads each model once (a causal model used both as reward model and evaluator is shared)."""
-
-    def __init__(self, settings: ScorerSettings) -> None:
-        self.settings = settings
-        self._models: dict[tuple[str, str], tuple[Any, Any]] = {}
-
-    def _load(self, role: str, setting: str, kind: str) -> tuple[Any, Any]:
-        from refine_af.models import choose_placement, resolve_model_path
-
-        where = f"rl.{role}"
-        try:
-            path = resolve_model_path(setting)
-        except UserError as error:
-            raise UserError(
-                f"cannot load the {role.replace('_', ' ')} ({where}): {error}"
-            ) from error
-        key = (kind, path)
-        if key in self._models:
-            return self._models[key]
-        import transformers
-
-        classes = {
-            "causal": transformers.AutoModelForCausalLM,
-            "seq2seq": transformers.AutoModelForSeq2SeqLM,
-            "classification": transformers.AutoModelForSequenceClassification,
-        }
-        placement = choose_placement(self.settings.device, self.settings.dtype)
-        remote = self.settings.trust_remote_code
-        try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
-            model = classes[kind].from_pretrained(
-                path, dtype=placement.dtype, trust_remote_code=remote, use_safetensors=True
-            )
-        except Exception as error:  # any failure: one line, before training starts
-            raise UserError(
-                f"cannot load the {role.replace('_', ' ')} '{setting}' ({where}, as a {kind} "
-                f"model): {one_line(error)}"
-            ) from error
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        if kind == "causal":
-            tokenizer.padding_side = "left"  # the next-token logits are read at the last position
-            tokenizer.truncation_side = "left"  # the question sits at the end
-        else:
-            tokenizer.padding_side = "right"
-        if getattr(model.config, "pad_token_id", None) is None:
-            model.config.pad_token_id = tokenizer.pad_token_id
-        model = model.to(placement.device).eval()
-        model.requires_grad_(False)
-        self._models[key] = (model, tokenizer)
-        return model, tokenizer
-
-    def reward_model(self) -> Scorer:
-        """The ``reward_model`` scorer: ``causal:<model>`` is a causal LM's Yes/No log-odds."""
-        s = self.settings
-        if s.reward_model.startswith(CAUSAL_PREFIX):
-            model, tokenizer = self._load(
-                "reward_model", s.reward_model[len(CAUSAL_PREFIX) :], "causal"
-            )
-            return CausalYesNoScorer(
-                model, tokenizer, s.batch_size, s.max_length, s.use_chat_template, log_odds=True
-            )
-        model, tokenizer = self._load("reward_model", s.reward_model, "classification")
-        return SequenceClassificationScorer(model, tokenizer, s.batch_size, s.max_length)
-
-    def evaluator(self) -> Scorer:
-        """The UniEval-style evaluator: T5 (``unieval``) or a causal LM (``causal``)."""
-        s = self.settings
-        if s.evaluator_kind == "unieval":
-            model, tokenizer = self._load("evaluator", s.evaluator, "seq2seq")
-            return T5YesNoScorer(model, tokenizer, s.batch_size, s.max_length)
-        model, tokenizer = self._load("evaluator", s.evaluator, "causal")
-        return CausalYesNoScorer(model, tokenizer, s.batch_size, s.max_length, s.use_chat_template)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from refine_af.errors import UserError
+from refine_af.errors import UserError, one_line
 
 CAUSAL_PREFIX = "causal:"
 EVALUATOR_KINDS = ("unieval", "causal")
@@ -54,12 +54,6 @@ WITH_CONTEXT = frozenset({"coherence", "reward_model"})
 # pickles ever fetched: the weight files themselves, never training_args.bin or optimizer state.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
 HUB_BIN_PATTERNS = ["pytorch_model.bin", "pytorch_model-*-of-*.bin"]
-
-
-def one_line(error: BaseException) -> str:
-    """The first line of an exception's message, for single-line user errors."""
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,6 +453,10 @@ class ScorerLoader:
             tokenizer.truncation_side = "left"  # the question sits at the end
         else:
             tokenizer.padding_side = "right"
+            if kind == "classification":
+                # A reward model reads the reply's last token: cut an over-long text at its start
+                # so the reply and its closing end-of-text token stay.
+                tokenizer.truncation_side = "left"
         if getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = tokenizer.pad_token_id
         model = model.to(placement.device).eval()

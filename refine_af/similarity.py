@@ -225,37 +225,10 @@ class SimilarityIndex:
         """True iff some pool item has ROUGE-L F > threshold with ``text`` (early exit)."""
         return self._first_over_threshold(_Query(self.tokenize(text), self._vocab)) is not None
 
-    def find_too_similar(self, text: str) -> int | None:
-        """Index of a pool item with F > threshold (the one with the highest bound), or None."""
-        return self._first_over_threshold(_Query(self.tokenize(text), self._vocab))
-
     def score(self, text: str, index: int) -> float:
         """ROUGE-L F of ``text`` (target) against pool item ``index`` (prediction)."""
         query = _Query(self.tokenize(text), self._vocab)
         return self._score_item(query, index)
-
-    def max_similarity(self, text: str) -> tuple[float, int | None]:
-        """Best ROUGE-L F of ``text`` against the pool and the index of the item reaching it.
-
-        Ties go to the lowest (earliest added) index. Returns ``(0.0, None)`` when the pool is
-        empty or no pool item scores above 0 (i.e. shares no token with ``text``).
-        """
-        query = _Query(self.tokenize(text), self._vocab)
-        candidates, bounds = self._candidates(query, floor=0.0)
-        best_score, best_index = 0.0, None
-        # Highest bound first (ties by index) so that the bound soon falls below the best score.
-        for j in np.lexsort((candidates, -bounds)):
-            if bounds[j] < best_score - _PRUNE_EPS:
-                break  # sorted: no remaining item can reach the best score
-            item = int(candidates[j])
-            score = self._score_item(query, item)
-            if score > best_score or (
-                score == best_score and best_index is not None and item < best_index
-            ):
-                best_score, best_index = score, item
-        if best_score <= 0.0:
-            return 0.0, None
-        return best_score, best_index
 
     # ------------------------------------------------------------------ internals
 

@@ -13,11 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from refine_af.config import ConfigError
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
+from refine_af.errors import one_line
 
 
 def trainer_config(
@@ -40,4 +36,4 @@ def trainer_config(
     try:
         return trl_class(**stage_values, **trainer_args)
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"{section}: {_first_line(error)}") from error
+        raise ConfigError(f"{section}: {one_line(error)}") from error

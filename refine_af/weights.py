@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from refine_af.errors import UserError
+from refine_af.errors import UserError, one_line
 from refine_af.storage import atomic_directory, partial_path, write_json_atomic
 
 SAFE_WEIGHTS = "model.safetensors"
@@ -38,10 +38,6 @@ _BIN_SHARD = re.compile(r"^pytorch_model-(\d{5})-of-(\d{5})\.bin$")
 # What travels with converted weights: configuration and tokenizer data. ".model" is a
 # SentencePiece protobuf, not a pickle; code (*.py) and every other binary stay behind.
 _COMPANION_SUFFIXES = (".json", ".txt", ".model", ".jinja")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def weight_format(folder: Path) -> str | None:
@@ -118,7 +114,7 @@ def read_bin(path: Path) -> dict[str, Any]:
         ) from error
     except Exception as error:  # truncated, not a torch file, unreadable
         raise UserError(
-            f"cannot read {path} as PyTorch weights ({_one_line(str(error))[:200]}): "
+            f"cannot read {path} as PyTorch weights ({one_line(error)[:200]}): "
             "re-download the model or use a safetensors copy"
         ) from error
     if not isinstance(state, Mapping):

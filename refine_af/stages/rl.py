@@ -512,7 +512,8 @@ def checkpoint_step(checkpoint: Path) -> int:
 
 def load_scorers(config: Any, device: str) -> tuple[Any, Any]:
     """The reward model and evaluator the active rewards need (None for one not needed)."""
-    from refine_af.rewards import ScorerLoader, ScorerSettings, needed_signals
+    from refine_af.rewards import needed_signals
+    from refine_af.scorers import ScorerLoader, ScorerSettings
 
     settings: RLConfig = config.rl
     loader = ScorerLoader(
