@@ -160,6 +160,33 @@ def rl_command(
     )
 
 
+@cli.command("score")
+@config_options
+@click.option("--input", "input_path", required=True, help="JSONL: instruction, input, output.")
+@click.option("--output", "output_path", required=True, help="JSONL written with the rewards.")
+@click.option("--batch-rows", type=int, default=64, show_default=True, help="Rows per batch.")
+@handle_errors
+def score_command(
+    config_name: str,
+    overrides: tuple[str, ...],
+    input_path: str,
+    output_path: str,
+    batch_rows: int,
+) -> None:
+    """Score a JSONL of instances with stage 2's automated feedback (the config's rl section)."""
+    from pathlib import Path
+
+    from refine_af import scoring
+    from refine_af.train_config import load_config
+
+    config = load_config(config_name, overrides)
+    summary = scoring.run(config, Path(input_path), Path(output_path), batch_rows)
+    click.echo(
+        f"scored {summary['scored']} of {summary['rows']} rows (mean combined reward "
+        f"{summary['mean_combined']}): {summary['output']}"
+    )
+
+
 @cli.command("generate-instances")
 @config_options
 @click.option(
