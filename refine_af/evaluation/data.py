@@ -27,6 +27,7 @@ import json
 import os
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -95,23 +96,42 @@ def superni_cache_dir() -> Path:
     return cache_dir() / "superni"
 
 
-def download(url: str, target: Path, sha256: str | None = None, timeout: float = 60.0) -> Path:
-    """Fetch ``url`` to ``target`` once (atomic rename); verify ``sha256`` when given."""
+DATA_HINT = (
+    f"give local SuperNI data with {ENV_DATA} (eval config: data) or "
+    "--metadata '{\"superni_data\": PATH}'"
+)
+REFERENCES_HINT = (
+    f"put superni_test_references.jsonl beside the data, or set {ENV_REFERENCES} "
+    "(eval config: references; lm_eval: --metadata '{\"superni_references\": PATH}')"
+)
+
+
+def download(
+    url: str,
+    target: Path,
+    sha256: str | None = None,
+    timeout: float = 60.0,
+    hint: str = DATA_HINT,
+) -> Path:
+    """Fetch ``url`` to ``target`` once (atomic rename); verify ``sha256`` when given.
+
+    ``hint`` ends the error line when the download fails: it names the setting that makes the
+    download unnecessary.
+    """
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             blob = response.read()
     except (urllib.error.URLError, OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
-        raise UserError(
-            f"cannot download {url} ({reason}): give local SuperNI data with "
-            f"{ENV_DATA} or --metadata '{{\"superni_data\": PATH}}'"
-        ) from error
+        raise UserError(f"cannot download {url} ({reason}): {hint}") from error
     if sha256 is not None and hashlib.sha256(blob).hexdigest() != sha256:
         raise UserError(f"download of {url} does not match its pinned SHA-256 {sha256[:12]}...")
+    # A per-process partial name: the processes of `accelerate launch` may fetch the same file
+    # at once, and two writers of one .partial file could rename a mix of both into place.
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     partial.write_bytes(blob)
     os.replace(partial, target)
     return target
@@ -136,7 +156,11 @@ def _find_reference_file(settings: DataSettings) -> Path:
     if settings.references:
         path = Path(settings.references).expanduser()
         if not path.is_file():
-            raise UserError(f"SuperNI reference file {path} does not exist")
+            raise UserError(
+                f"SuperNI reference file {path} does not exist: fix {ENV_REFERENCES} (eval "
+                "config: references), or unset both to use the file beside the data or the "
+                "pinned download"
+            )
         return path
     if settings.data:
         data = Path(settings.data).expanduser()
@@ -145,25 +169,33 @@ def _find_reference_file(settings: DataSettings) -> Path:
             if (folder / name).is_file():
                 return folder / name
     url = os.environ.get(ENV_REFERENCES_URL, REFERENCES_URL)
-    return download(url, superni_cache_dir() / "test_references.jsonl", sha256=REFERENCES_SHA256)
+    return download(
+        url,
+        superni_cache_dir() / "test_references.jsonl",
+        sha256=REFERENCES_SHA256,
+        hint=REFERENCES_HINT,
+    )
 
 
 @lru_cache(maxsize=4)
 def _read_references(path: str, mtime_ns: int) -> dict[str, tuple[Reference, ...]]:
     by_task: dict[str, list[Reference]] = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                ref = Reference(row["id"], tuple(row["references"]))
-                by_task.setdefault(row["task_id"], []).append(ref)
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise UserError(
-                    f"{path} line {number} is not an official reference line "
-                    "({id, references, task_id, ...})"
-                ) from error
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    ref = Reference(row["id"], tuple(row["references"]))
+                    by_task.setdefault(row["task_id"], []).append(ref)
+                except (json.JSONDecodeError, KeyError, TypeError) as error:
+                    raise UserError(
+                        f"{path} line {number} is not an official reference line "
+                        "({id, references, task_id, ...})"
+                    ) from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read the SuperNI reference file {path} ({error})") from error
     return {task: tuple(refs) for task, refs in by_task.items()}
 
 
@@ -187,18 +219,27 @@ def _open_text(path: Path) -> Any:
 def _read_jsonl(path: str, mtime_ns: int) -> dict[str, tuple[dict[str, Any], ...]]:
     """A JSONL(.gz) of instances, grouped by task (cached: lm-eval asks once per task)."""
     by_task: dict[str, list[dict[str, Any]]] = {}
-    with _open_text(Path(path)) as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                by_task.setdefault(row["task_name"], []).append(row)
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise UserError(
-                    f"{path} line {number} is not a SuperNI instance line (needs task_name, id, "
-                    "definition, categories, positive_examples, input, outputs)"
-                ) from error
+    number = 0
+    try:
+        with _open_text(Path(path)) as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    by_task.setdefault(row["task_name"], []).append(row)
+                except (json.JSONDecodeError, KeyError, TypeError) as error:
+                    raise UserError(
+                        f"{path} line {number} is not a SuperNI instance line (needs task_name, "
+                        "id, definition, categories, positive_examples, input, outputs)"
+                    ) from error
+    except (EOFError, OSError, zlib.error, UnicodeDecodeError) as error:
+        # A cut-off .gz raises EOFError, which click would report as "Aborted!"; a damaged one
+        # raises BadGzipFile (an OSError) or zlib.error.
+        raise UserError(
+            f"{path} is damaged or cut short after line {number} ({error}): copy or download "
+            "it again"
+        ) from error
     return {task: tuple(rows) for task, rows in by_task.items()}
 
 

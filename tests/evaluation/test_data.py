@@ -176,3 +176,33 @@ def test_download_via_file_url_and_checksum(
     assert hashlib.sha256(good.read_bytes()).hexdigest() == data.REFERENCES_SHA256
     monkeypatch.setenv("REFINEAF_SUPERNI_REFERENCES_URL", good.as_uri())
     assert len(data.load_references(DataSettings())) == 119
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged or missing inputs: one line that names the fix.
+
+
+def test_truncated_gzip_is_one_clear_line(shared_data: Path, tmp_path: Path) -> None:
+    blob = (shared_data / "superni_test.jsonl.gz").read_bytes()
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(UserError, match=r"cut\.jsonl\.gz is damaged or cut short after line \d+"):
+        data.available_tasks(DataSettings(data=str(cut)))
+    garbage = tmp_path / "garbage.jsonl.gz"
+    garbage.write_bytes(b"not gzip at all\n")
+    with pytest.raises(UserError, match=r"garbage\.jsonl\.gz is damaged"):
+        data.available_tasks(DataSettings(data=str(garbage)))
+
+
+def test_missing_reference_file_names_its_variable(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(UserError, match="does not exist: fix REFINEAF_SUPERNI_REFERENCES"):
+        data.load_references(DataSettings(references=str(tmp_path / "nope.jsonl")))
+    # Data without a reference file beside it, and the download unreachable.
+    lone = tmp_path / "lone.jsonl"
+    lone.write_bytes((shared_data / "superni_test_references.jsonl").read_bytes()[:0])
+    monkeypatch.setenv("REFINEAF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("REFINEAF_SUPERNI_REFERENCES_URL", (tmp_path / "absent.jsonl").as_uri())
+    with pytest.raises(UserError, match=r"cannot download .*set REFINEAF_SUPERNI_REFERENCES"):
+        data.load_references(DataSettings(data=str(lone)))
