@@ -51,7 +51,7 @@ def _plain_predictions(folder: Path) -> dict[tuple[str, str], tuple[str, float]]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-c", "--config", default=str(REPO / "eval_configs" / "default.yaml"))
+    parser.add_argument("-c", "--config", default="default", help="eval config name or path")
     parser.add_argument("--limit", type=int, default=None, help="instances per task")
     parser.add_argument("--tasks", type=int, default=None, help="use only the first N tasks")
     parser.add_argument("--batch-size", type=int, default=16, help="plain lm_eval batch size")

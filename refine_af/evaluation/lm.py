@@ -131,7 +131,8 @@ class RefineAFLM(HFLM):
         pbar = tqdm(
             total=len(requests),
             disable=disable_tqdm or self.rank != 0,
-            desc="Running generate_until requests (refineaf-hf)",
+            desc="generate (refineaf-hf)",
+            leave=False,  # `refineaf eval` keeps one bar per run over all its chunks
         )
         for indices in groups.values():
             gen_kwargs = dict(requests[indices[0]].args[1])

@@ -18,7 +18,7 @@ reference file together with the change that explains it.
 from __future__ import annotations
 
 import hashlib
-import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,9 @@ from refine_af.config import (
     read_config_file,
 )
 from refine_af.errors import UserError
+from refine_af.evaluation.config import EvalConfig, find_eval_config
 from refine_af.evaluation.report import grouped_scores
-from refine_af.evaluation.runner import EvalConfig, check_tasks_available, evaluate_row
+from refine_af.storage import read_json, write_json_atomic
 
 
 class RegressionFailure(UserError):
@@ -54,12 +55,13 @@ class RegressionConfig:
     def __post_init__(self) -> None:
         if self.tolerance < 0:
             raise ConfigError(f"tolerance must be >= 0, got {self.tolerance}")
-        if len(self.eval.rows) != 1:
-            raise ConfigError("the regression eval runs exactly one row")
+        if len(self.eval.rows) != 1 or len(self.eval.rows[0].adapters()) != 1:
+            raise ConfigError("the regression eval runs exactly one row with at most one adapter")
 
 
 def load_regression_config(path: str, overrides: list[str] | None = None) -> RegressionConfig:
-    raw = apply_overrides(read_config_file(path), list(overrides or []))
+    """A regression YAML by path or packaged name (``regression``)."""
+    raw = apply_overrides(read_config_file(str(find_eval_config(path))), list(overrides or []))
     return build_dataclass(RegressionConfig, raw)
 
 
@@ -106,19 +108,18 @@ def compare(
 
 def run_regression(config: RegressionConfig, update: bool = False) -> str:
     """Run the check; return a one-paragraph summary, raise RegressionFailure when it fails."""
-    from refine_af.models import resolve_model_path
-    from refine_af.run_dir import write_json_atomic
+    from refine_af.evaluation.runner import check_inputs, evaluate_run
 
     eval_config = config.eval
-    check_tasks_available(eval_config.task_names(), eval_config.data_settings())
-    output_dir = Path(eval_config.output_dir).expanduser()
-    records = evaluate_row(
-        eval_config,
-        eval_config.rows[0],
-        resolve_model_path(eval_config.model),
-        output_dir,
-        reuse=False,  # a regression check must always evaluate the code as it is now
-    )
+    model_path = check_inputs(eval_config)
+    row = eval_config.rows[0]
+    folder = Path(eval_config.output_dir).expanduser() / row.name
+    # Scratch output: a regression check always evaluates the code as it is now, so the last
+    # check's folder is replaced rather than resumed or set aside.
+    shutil.rmtree(folder, ignore_errors=True)
+    records = evaluate_run(eval_config, row.adapters()[0], model_path, folder, label=row.name)
+    if records is None:
+        return ""  # another process of accelerate launch
     current = task_summary(records)
     reference_path = Path(config.reference)
     if update:
@@ -137,7 +138,7 @@ def run_regression(config: RegressionConfig, update: bool = False) -> str:
             f"no regression reference at {reference_path}: create it with "
             "'refineaf eval-regression -c eval_configs/regression.yaml --update'"
         )
-    reference = json.loads(reference_path.read_text())["tasks"]
+    reference = read_json(reference_path, "refresh it with --update")["tasks"]
     problems = compare(current, reference, config.tolerance)
     if problems:
         raise RegressionFailure(

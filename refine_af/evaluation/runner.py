@@ -1,174 +1,251 @@
 """``refineaf eval``: evaluate a base model and any number of adapters on SuperNI, then report.
 
-Each row of the config (vanilla, baseline, REFINE-AF, ...) is the base model with or without a
-PEFT adapter. Rows run through lm-eval's Python API (``simple_evaluate``) on the
-``refineaf_superni`` tasks; per-instance predictions and scores land in
-``OUTPUT/<row>/samples.jsonl`` and the report (Markdown + PNG) in ``OUTPUT/report.md``.
-A row whose samples already exist for the same settings is not run again, so adding a row to a
-config only evaluates the new one.
+Each row of the config (vanilla, seeds_only, baseline, REFINE-AF, ...) is the base model with
+or without a PEFT adapter, or with one adapter per training run (seed). Every run goes through
+lm-eval's Python API (``simple_evaluate``) on the ``refineaf_superni_<task>`` tasks, one chunk
+of tasks (``tasks_per_chunk``) per call with one loaded model, and appends each finished chunk
+as one line to its ``chunks.jsonl``. So a killed eval loses at most the chunk in flight, and
+running the same command again resumes there; nothing is evaluated twice. Layout::
+
+    OUTPUT/eval_config.json             the config (written once the inputs are checked)
+    OUTPUT/<row>/chunks.jsonl           finished chunks (per-instance records), append-only
+    OUTPUT/<row>/samples.jsonl          every instance, official task order (from the log)
+    OUTPUT/<row>/run.json               key, model args, timing, versions
+    OUTPUT/<row>/lm_eval_results.json   lm-eval's own per-task numbers
+    OUTPUT/<row>/run<i>/...             the same per run, for a row with several adapters
+    OUTPUT/report.md, report.json, *.png
+
+A run folder made with other settings, data, adapter weights or package versions (its key
+differs) is set aside as ``<folder>.replaced-<key>``, never deleted, and the run starts afresh;
+``--force`` does the same for every run. Adding a row or a task only evaluates what is new.
+
+Multi-GPU: ``backend: vllm`` runs lm-eval's vLLM model (``tensor_parallel_size``,
+``data_parallel_size``); ``hf``/``refineaf-hf`` split the instances over processes started with
+``accelerate launch --multi_gpu --num_processes N -m refine_af.evaluation eval -c CONFIG``
+(lm-eval's HFLM takes its rank and world size from accelerate; rank 0 gathers and writes).
 """
 
 from __future__ import annotations
 
-import json
+import gc
+import importlib.util
 import logging
 import os
+import subprocess
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from refine_af.config import ConfigError, build_dataclass, fingerprint, help_field, to_dict
+from refine_af.config import fingerprint, to_dict
 from refine_af.errors import UserError
-from refine_af.evaluation.data import TASK_NAMES, DataSettings, check_tasks_available
+from refine_af.evaluation.config import (
+    VLLM_LORA_RANKS,
+    EvalConfig,
+    RowConfig,
+    find_eval_config,
+    load_eval_config,
+)
+from refine_af.evaluation.data import (
+    TASK_NAMES,
+    check_tasks_available,
+    load_references,
+    load_task,
+)
+from refine_af.evaluation.superni_tasks import TEST_TASKS
+from refine_af.storage import (
+    append_records,
+    read_json,
+    read_log,
+    write_json_atomic,
+    write_records_atomic,
+)
+
+__all__ = [
+    "EvalConfig",
+    "RowConfig",
+    "check_inputs",
+    "evaluate_row",
+    "evaluate_run",
+    "find_eval_config",
+    "load_eval_config",
+    "model_args",
+    "run_eval",
+]
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class RowConfig:
-    """One evaluated model: the base model, optionally with a PEFT adapter."""
-
-    name: str = help_field("vanilla", "Row label in the report (letters, digits, - and _).")
-    adapter: str | None = help_field(
-        None, "PEFT adapter directory (adapter_config.json inside); empty: the base model as is."
-    )
-
-    def __post_init__(self) -> None:
-        if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
-            raise ConfigError(f"row name {self.name!r} must use only letters, digits, - and _")
+CHUNK_LOG = "chunks.jsonl"
+SAMPLES = "samples.jsonl"
+RUN_META = "run.json"
+LM_RESULTS = "lm_eval_results.json"
+DEFAULT_MAX_GEN_TOKS = 128  # the tasks' own cap (_default_template_yaml)
+_INSTANCES = {name: count for name, _, count in TEST_TASKS}
 
 
-@dataclass
-class EvalConfig:
-    """What ``refineaf eval`` evaluates and where it writes (one YAML in eval_configs/)."""
-
-    model: str = help_field(
-        "default", "Base model: 'default' (SmolLM2-135M-Instruct), a Hub id or a local path."
-    )
-    rows: list[RowConfig] = field(
-        default_factory=lambda: [RowConfig()],
-        metadata={"help": "Rows to evaluate: the base model alone and/or with adapters."},
-    )
-    tasks: list[str] = field(
-        default_factory=list,
-        metadata={"help": "SuperNI test task names; empty: all 119 (group refineaf_superni)."},
-    )
-    prompt: Literal["definition", "pos2"] = help_field(
-        "definition", "'definition' (zero-shot) or 'pos2' (definition + 2 positive examples)."
-    )
-    limit: int | None = help_field(None, "Instances per task (first N); empty: all (100).")
-    max_gen_toks: int | None = help_field(
-        None, "New-token cap; empty: the task's 128 (lower only for quick checks)."
-    )
-    data: str | None = help_field(
-        None, "Local SuperNI data (task JSON dir or JSONL[.gz]); empty: env or download."
-    )
-    references: str | None = help_field(
-        None, "Official reference file; empty: beside the data, or downloaded."
-    )
-    backend: Literal["refineaf-hf", "hf"] = help_field(
-        "refineaf-hf", "lm-eval model: the fast 'refineaf-hf' or lm-eval's plain 'hf'."
-    )
-    batch_size: int = help_field(64, "Rows per batch (refineaf-hf: the maximum).")
-    max_input_tokens: int = help_field(
-        1024, "refineaf-hf: truncate longer task inputs (Tk-Instruct); 0 = never."
-    )
-    token_budget: int = help_field(16384, "refineaf-hf: padded prompt tokens per batch.")
-    threads: int | None = help_field(None, "torch CPU threads; empty: torch's default.")
-    device: str = help_field("auto", "'auto', 'cpu', 'cuda', ...")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = help_field(
-        "auto", "'auto': bfloat16 on GPU, float32 on CPU."
-    )
-    trust_remote_code: bool = help_field(False, "Run model code from the Hub (off).")
-    apply_chat_template: bool = help_field(
-        False, "Wrap prompts in the model's chat template (off: the plain SuperNI prompt)."
-    )
-    output_dir: str = help_field("runs/eval/default", "Where samples and the report go.")
-    compare: list[list[str]] = field(
-        default_factory=list,
-        metadata={
-            "help": "Row pairs [a, b] to compare (a vs b); empty: every row vs each row above it "
-            "(rows vanilla, baseline, refine_af give the paper's refine_af vs baseline too)."
-        },
-    )
-    bootstrap_samples: int = help_field(1000, "Paired bootstrap resamples for the CIs.")
-    seed: int = help_field(1234, "Seed of the bootstrap (decoding is greedy).")
-
-    def __post_init__(self) -> None:
-        if not self.rows:
-            raise ConfigError("rows is empty: give at least one row, e.g. {name: vanilla}")
-        names = [row.name for row in self.rows]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"row names must be unique, got {names}")
-        for pair in self.compare:
-            if len(pair) != 2 or any(name not in names for name in pair):
-                raise ConfigError(f"compare entry {pair} must name two rows out of {names}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"limit must be >= 1 or empty, got {self.limit}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-
-    def task_names(self) -> list[str]:
-        """The SuperNI tasks to run, official order when all."""
-        return list(self.tasks) if self.tasks else list(TASK_NAMES)
-
-    def pairs(self) -> list[tuple[str, str]]:
-        if self.compare:
-            return [(a, b) for a, b in self.compare]
-        names = [row.name for row in self.rows]
-        return [(later, earlier) for i, later in enumerate(names) for earlier in names[:i]]
-
-    def data_settings(self) -> DataSettings:
-        env = DataSettings.from_metadata()
-        return DataSettings(
-            data=self.data or env.data, references=self.references or env.references
-        )
+def is_main_process() -> bool:
+    """False in the other processes of ``accelerate launch`` (they evaluate, rank 0 writes)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
-def load_eval_config(path: str, overrides: list[str] | None = None) -> EvalConfig:
-    """Read an eval YAML and apply ``key=value`` overrides strictly."""
-    from refine_af.config import apply_overrides, read_config_file
+# ---------------------------------------------------------------------------------------------
+# Inputs, checked before anything is written or loaded.
 
-    raw = apply_overrides(read_config_file(path), list(overrides or []))
-    return build_dataclass(EvalConfig, raw)
+
+def adapter_command(path: Path, model: str) -> str | None:
+    """The command that makes an adapter at a ``RUN/sft/<variant>/adapter`` path, if it is one."""
+    parts = path.parts
+    if len(parts) < 3 or parts[-1] != "adapter" or parts[-3] != "sft":
+        return None
+    variant = parts[-2]
+    run_dir = Path(*parts[:-3]) if len(parts) > 3 else Path(".")
+    config = "paper" if run_dir.name.startswith("paper") else "default"
+    extra = "" if run_dir == Path("runs") / config else f" run.output_dir={run_dir}"
+    if model != "default":
+        extra += f" run.model={model}"
+    if variant == "seeds_only":
+        return f"refineaf sft -c {config} --variant seeds_only{extra}"
+    if variant in ("baseline", "refine_af"):
+        return f"refineaf train -c {config}{extra}"
+    return None
 
 
 def check_adapters(config: EvalConfig) -> None:
-    """Every adapter must exist before anything runs (one line naming the row)."""
+    """Every adapter must exist before anything runs (one line naming the row and the fix)."""
     for row in config.rows:
-        if not row.adapter:
-            continue
-        path = Path(row.adapter).expanduser()
-        if not (path / "adapter_config.json").is_file():
+        for adapter in row.adapters():
+            if adapter is None:
+                continue
+            path = Path(adapter).expanduser()
+            if (path / "adapter_config.json").is_file():
+                continue
             what = "does not exist" if not path.exists() else "has no adapter_config.json"
+            command = adapter_command(path, config.model)
+            fix = f"make it with `{command}`" if command else "train it first (refineaf train)"
             raise UserError(
-                f"row '{row.name}': adapter {path} {what}: train it first (SFT stage) or "
-                "remove the row from the config"
+                f"row '{row.name}': adapter {path} {what}: {fix}, or remove the row from the "
+                "eval config"
             )
 
 
-def _lm_task_names(config: EvalConfig) -> list[str]:
-    from refine_af.evaluation.tasks import PROMPTS, lm_eval_task_name
+def vllm_lora_rank(adapter: str) -> int:
+    """``max_lora_rank`` for vLLM: the adapter's largest rank, rounded up to a rank vLLM takes."""
+    path = Path(adapter).expanduser() / "adapter_config.json"
+    settings = read_json(path, "it must be the adapter_config.json that PEFT wrote") or {}
+    if settings.get("modules_to_save"):
+        raise UserError(
+            f"adapter {path.parent} also trains whole modules ({settings['modules_to_save']}), "
+            "which vLLM's LoRA cannot load: use backend: refineaf-hf for this row"
+        )
+    rank = max(
+        [int(settings.get("r", 8)), *map(int, (settings.get("rank_pattern") or {}).values())]
+    )
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise UserError(f"adapter {path.parent} has LoRA rank {rank}; vLLM takes at most 512")
 
-    if not config.tasks:
-        return [PROMPTS[config.prompt]]  # the group: 119 tasks with per-category aggregates
-    return [lm_eval_task_name(task, config.prompt) for task in config.tasks]
+
+def check_backend(config: EvalConfig) -> None:
+    """vLLM needs the package and a CUDA GPU; say so at start, in one line."""
+    if config.backend != "vllm":
+        return
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError(
+            "backend vllm starts its own replicas (data_parallel_size, tensor_parallel_size): "
+            "run it as one process, without accelerate launch or torchrun"
+        )
+    if importlib.util.find_spec("vllm") is None:
+        raise UserError(
+            "backend vllm needs vLLM, which is not installed: pip install 'refine_af[vllm]' on "
+            "a CUDA machine, or use backend: refineaf-hf"
+        )
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError(
+            "backend vllm needs a CUDA GPU and none is visible: use backend: refineaf-hf"
+        )
+    if config.data_parallel_size > 1 and importlib.util.find_spec("ray") is None:
+        raise UserError(
+            "data_parallel_size > 1 with vllm runs replicas as Ray actors: pip install ray, or "
+            "set data_parallel_size: 1"
+        )
+    for row in config.rows:
+        for adapter in row.adapters():
+            if adapter is not None:
+                vllm_lora_rank(adapter)
 
 
-def model_args(config: EvalConfig, row: RowConfig, model_path: str) -> dict[str, Any]:
-    """lm-eval ``model_args`` of one row."""
+def check_inputs(config: EvalConfig) -> str:
+    """Check adapters, backend, data, references and model; return the base model's path.
+
+    Every task's instances are loaded (downloaded if need be) and checked against the official
+    ids here, so a bad input stops the command before any model is loaded or file written.
+    """
+    from refine_af.models import resolve_model_path
+
+    check_adapters(config)
+    check_backend(config)
+    if config.backend != "vllm":
+        check_processes()
+    settings = config.data_settings()
+    check_tasks_available(config.task_names(), settings)
+    load_references(settings)
+    for task in config.task_names():
+        load_task(task, settings)
+    return resolve_model_path(config.model)
+
+
+# ---------------------------------------------------------------------------------------------
+# lm-eval model arguments.
+
+
+def _vllm_dtype(dtype: str) -> str:
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return "bfloat16" if bf16 else "float16"
+
+
+def model_args(config: EvalConfig, adapter: str | None, model_path: str) -> dict[str, Any]:
+    """lm-eval ``model_args`` of one run (the base model, with ``adapter`` if given)."""
+    if config.backend == "vllm":
+        max_gen_toks = config.max_gen_toks or DEFAULT_MAX_GEN_TOKS
+        args: dict[str, Any] = {
+            "pretrained": model_path,
+            "dtype": _vllm_dtype(config.dtype),
+            "seed": config.seed,
+            "tensor_parallel_size": config.tensor_parallel_size,
+            "data_parallel_size": config.data_parallel_size,
+            "gpu_memory_utilization": config.gpu_memory_utilization,
+            "max_gen_toks": max_gen_toks,
+            "trust_remote_code": config.trust_remote_code,
+        }
+        if config.max_input_tokens:
+            # lm-eval's vLLM model cuts prompts longer than max_model_len - max_gen_toks; the
+            # middle cut keeps the definition at the start and the "Output:" cue at the end.
+            args["max_model_len"] = config.max_input_tokens + max_gen_toks
+            args["truncation_side"] = "middle"
+        if adapter:
+            args["lora_local_path"] = str(Path(adapter).expanduser().resolve())
+            args["max_lora_rank"] = vllm_lora_rank(adapter)
+        return args
+
     from refine_af.models import choose_placement
 
     placement = choose_placement(config.device, config.dtype)
-    args: dict[str, Any] = {
+    args = {
         "pretrained": model_path,
         "device": placement.device,
         "dtype": str(placement.dtype).removeprefix("torch."),
         "trust_remote_code": config.trust_remote_code,
     }
-    if row.adapter:
-        args["peft"] = str(Path(row.adapter).expanduser())
+    if adapter:
+        args["peft"] = str(Path(adapter).expanduser())
     if config.backend == "refineaf-hf":
         args["max_input_tokens"] = config.max_input_tokens
         args["token_budget"] = config.token_budget
@@ -177,131 +254,383 @@ def model_args(config: EvalConfig, row: RowConfig, model_path: str) -> dict[str,
     return args
 
 
-def _row_fingerprint(config: EvalConfig, row: RowConfig, args: dict[str, Any]) -> str:
-    settings = to_dict(config)
-    for key in ("rows", "output_dir", "compare", "bootstrap_samples", "seed"):
-        settings.pop(key)
+def _adapter_stamp(adapter: str | None) -> list[tuple[str, int, int]]:
+    """Names, sizes and mtimes of an adapter's files: a retrained adapter is a new run."""
+    if adapter is None:
+        return []
+    folder = Path(adapter).expanduser()
+    return [
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+    ]
+
+
+def run_key(config: EvalConfig, adapter: str | None, args: dict[str, Any]) -> str:
+    """What a run's results depend on. Not the task list: chunks are kept per task, so adding a
+    task evaluates only that task."""
     from refine_af.run_dir import package_versions
 
+    settings = to_dict(config)
+    for key in ("rows", "tasks", "output_dir", "compare", "bootstrap_samples", "seed"):
+        settings.pop(key)
     # Package versions too: a new refine_af / lm-eval / transformers re-runs the row.
-    return fingerprint(settings, to_dict(row), args, package_versions())
+    return fingerprint(settings, adapter, _adapter_stamp(adapter), args, package_versions())
+
+
+# ---------------------------------------------------------------------------------------------
+# lm-eval calls.
+
+
+@contextmanager
+def _lean_lm_eval_calls() -> Iterator[None]:
+    """Run ``simple_evaluate`` once per chunk without its per-call probes and context bar.
+
+    After every call, lm-eval runs ``git describe --always`` in the working directory (outside
+    a git checkout git prints "fatal: not a git repository" to the terminal) and collects
+    torch's environment report (seconds of subprocesses); before it, it draws a bar for building
+    each task's prompts, which leaves a finished line per chunk under ours. Once per chunk
+    that is noise and minutes, and neither probe lands in our outputs (run.json records package
+    versions). Only these metadata helpers and that bar are replaced, and only for the duration
+    of our calls: errors of the evaluation itself are untouched.
+    """
+    import functools
+
+    import lm_eval.api.task as task_module
+    import lm_eval.evaluator as evaluator
+
+    patches = [
+        (evaluator, "get_git_commit_hash", _quiet_git_hash),
+        (evaluator, "add_env_info", lambda storage: None),
+        (task_module, "tqdm", functools.partial(task_module.tqdm, disable=True)),
+    ]
+    saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
+    for module, name, value in patches:
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+
+
+def _quiet_git_hash() -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "describe", "--always"], capture_output=True, text=True, check=False
+        )
+    except OSError:
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() or None
+
+
+def create_lm(config: EvalConfig, args: dict[str, Any]) -> Any:
+    """The lm-eval model object of one run, loaded once and reused for all its chunks."""
+    import lm_eval.api.registry as registry
+
+    import refine_af.evaluation.lm  # noqa: F401 - registers the refineaf-hf model
+
+    try:
+        model_class = registry.get_model(config.backend)
+    except ImportError as error:  # vllm (or ray) missing although the preflight passed
+        raise UserError(f"lm-eval cannot load its {config.backend} model: {error}") from error
+    # vLLM schedules its own batches; lm-eval's manual batching would only shrink them.
+    batch_size: int | str = "auto" if config.backend == "vllm" else config.batch_size
+    return model_class.create_from_arg_obj(
+        args, {"batch_size": batch_size, "max_batch_size": None, "device": None}
+    )
+
+
+def check_processes(lm: Any | None = None) -> None:
+    """Under ``accelerate launch``, every process must get its share of the instances.
+
+    lm-eval's HFLM splits the work only with more than one GPU; otherwise each process would
+    evaluate everything and the processes would write the same files. Checked before the model
+    loads (GPU count) and after (the world size the model took).
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched <= 1:
+        return
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if gpus < 2 or (lm is not None and getattr(lm, "world_size", 1) != launched):
+        raise UserError(
+            f"{launched} processes were started, but lm-eval splits the instances only when "
+            f"each process has a GPU of its own ({gpus} visible): start at most one process "
+            "per GPU, or a single process"
+        )
 
 
 def extract_samples(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per-instance records from lm-eval's logged samples (official task order)."""
-    records = []
+    """Per-instance records from lm-eval's logged samples (official task and instance order).
+
+    Under data parallelism lm-eval gathers each rank's samples one rank after the other;
+    sorting by ``doc_id`` restores the instance order of a single process.
+    """
+    rows = []
     for samples in result.get("samples", {}).values():
         for sample in samples:
             doc = sample["doc"]
             prompt = sample["arguments"][0][0] if sample.get("arguments") else ""
-            records.append(
-                {
-                    "task": doc["task_name"],
-                    "category": doc["category"],
-                    "id": doc["id"],
-                    "prompt": prompt,
-                    "prediction": sample["filtered_resps"][0],
-                    "references": doc["references"],
-                    "rougeL": float(sample["rougeL"]),
-                    "exact_match": float(sample["exact_match"]),
-                }
-            )
+            record = {
+                "task": doc["task_name"],
+                "category": doc["category"],
+                "id": doc["id"],
+                "prompt": prompt,
+                "prediction": sample["filtered_resps"][0],
+                "references": doc["references"],
+                "rougeL": float(sample["rougeL"]),
+                "exact_match": float(sample["exact_match"]),
+            }
+            rows.append((int(sample.get("doc_id", 0)), record))
     order = {task: i for i, task in enumerate(TASK_NAMES)}
-    records.sort(key=lambda r: order[r["task"]])  # stable: keeps instance order within a task
-    return records
+    rows.sort(key=lambda pair: (order[pair[1]["task"]], pair[0]))
+    return [record for _, record in rows]
 
 
-def evaluate_row(
-    config: EvalConfig, row: RowConfig, model_path: str, output_dir: Path, reuse: bool = True
-) -> list[dict[str, Any]]:
-    """Run one row through ``simple_evaluate``; write and return its per-instance records.
+def _instances(config: EvalConfig, task: str) -> int:
+    count = _INSTANCES[task]
+    return min(count, config.limit) if config.limit else count
 
-    With ``reuse``, a row already evaluated with the same settings and package versions is read
-    back instead of run again.
-    """
+
+# ---------------------------------------------------------------------------------------------
+# One run: chunks, resume, outputs.
+
+
+def _set_aside(folder: Path, label: str) -> Path:
+    aside = folder.with_name(f"{folder.name}.replaced-{label}")
+    number = 1
+    while aside.exists():
+        number += 1
+        aside = folder.with_name(f"{folder.name}.replaced-{label}-{number}")
+    folder.rename(aside)
+    return aside
+
+
+def _done_chunks(folder: Path, key: str, restart: bool, main: bool) -> dict[str, dict[str, Any]]:
+    """Finished chunks of this run by task; a folder of other settings is set aside first."""
+    entries = read_log(folder / CHUNK_LOG)
+    keys = {entry.get("key") for entry in entries}
+    # Other files without a log: outputs of an older layout, or a log removed by hand.
+    others = [p for p in folder.iterdir() if p.name != CHUNK_LOG] if folder.is_dir() else []
+    stale = (bool(entries) and keys != {key}) or (not entries and bool(others))
+    if stale or (restart and (entries or others)):
+        if main:
+            old = sorted(k for k in keys if k) or ["unknown"]
+            aside = _set_aside(folder, old[0])
+            log.warning("set aside %s (other settings or --force): %s", folder, aside)
+        return {}
+    done: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        for task in entry["tasks"]:
+            done.setdefault(task, entry)  # the first finished copy wins (there is only one)
+    return done
+
+
+def _evaluate_chunks(
+    config: EvalConfig,
+    args: dict[str, Any],
+    key: str,
+    folder: Path,
+    pending: list[str],
+    done_instances: int,
+    label: str,
+) -> None:
+    """Evaluate ``pending`` tasks chunk by chunk with one model, appending each chunk's records."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
+    from tqdm import tqdm
 
-    import refine_af.evaluation.lm  # noqa: F401 - registers the refineaf-hf model
-    from refine_af.evaluation.tasks import tasks_dir
-    from refine_af.run_dir import write_json_atomic
+    from refine_af.evaluation.tasks import lm_eval_task_name, tasks_dir
 
-    args = model_args(config, row, model_path)
-    key = _row_fingerprint(config, row, args)
-    row_dir = output_dir / row.name
-    samples_path = row_dir / "samples.jsonl"
-    meta_path = row_dir / "row.json"
-    if (
-        reuse
-        and samples_path.is_file()
-        and meta_path.is_file()
-        and json.loads(meta_path.read_text()).get("fingerprint") == key
-    ):
-        log.info("row %s: reusing %s", row.name, samples_path)
-        return [json.loads(line) for line in samples_path.read_text().splitlines() if line]
+    main = is_main_process()
     settings = config.data_settings()
     metadata = {
         k: v
         for k, v in (("superni_data", settings.data), ("superni_references", settings.references))
         if v
     }
-    manager = TaskManager(include_path=str(tasks_dir()), include_defaults=False, metadata=metadata)
-    started = time.time()
-    result = simple_evaluate(
-        model=config.backend,
-        model_args=args,
-        tasks=_lm_task_names(config),
-        limit=config.limit,
-        batch_size=config.batch_size,
-        task_manager=manager,
-        log_samples=True,
-        bootstrap_iters=0,  # CIs come from the report's paired bootstrap
-        apply_chat_template=config.apply_chat_template,
-        gen_kwargs={"max_gen_toks": config.max_gen_toks} if config.max_gen_toks else None,
-    )
-    seconds = time.time() - started
-    if result is None:
-        raise UserError(f"row '{row.name}': lm-eval returned no results")
-    records = extract_samples(result)
-    if not records:
-        raise UserError(f"row '{row.name}': lm-eval produced no samples")
-    row_dir.mkdir(parents=True, exist_ok=True)
-    partial = samples_path.with_name(samples_path.name + ".partial")
-    partial.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(partial, samples_path)
-    lm_results = {k: v for k, v in result.items() if k != "samples"}
-    write_json_atomic(row_dir / "lm_eval_results.json", lm_results)
+    lm = create_lm(config, args)
+    try:
+        check_processes(lm)
+        manager = TaskManager(
+            include_path=str(tasks_dir()), include_defaults=False, metadata=metadata
+        )
+        total = done_instances + sum(_instances(config, t) for t in pending)
+        bar = tqdm(total=total, initial=done_instances, unit="inst", desc=label, disable=not main)
+        size = config.tasks_per_chunk
+        for start in range(0, len(pending), size):
+            chunk = pending[start : start + size]
+            more = f" +{len(chunk) - 1}" if len(chunk) > 1 else ""
+            bar.set_postfix_str(chunk[0] + more)
+            started = time.time()
+            with _lean_lm_eval_calls():
+                result = simple_evaluate(
+                    model=lm,
+                    tasks=[lm_eval_task_name(t, config.prompt) for t in chunk],
+                    limit=config.limit,
+                    task_manager=manager,
+                    log_samples=True,
+                    bootstrap_iters=0,  # intervals come from the report's bootstraps
+                    apply_chat_template=config.apply_chat_template,
+                    gen_kwargs={"max_gen_toks": config.max_gen_toks}
+                    if config.max_gen_toks
+                    else None,
+                )
+            if result is None:
+                continue  # another process of accelerate launch: rank 0 gathers and writes
+            records = extract_samples(result)
+            missing = [t for t in chunk if not any(r["task"] == t for r in records)]
+            if missing:
+                raise UserError(f"{label}: lm-eval produced no samples for {', '.join(missing)}")
+            names = [lm_eval_task_name(t, config.prompt) for t in chunk]
+            entry = {
+                "key": key,
+                "tasks": chunk,
+                "seconds": round(time.time() - started, 2),
+                "lm_eval": {
+                    "results": {n: result["results"].get(n) for n in names},
+                    "n-samples": {n: result.get("n-samples", {}).get(n) for n in names},
+                },
+                "records": records,
+            }
+            folder.mkdir(parents=True, exist_ok=True)
+            # One line per chunk: a kill mid-write leaves a torn last line, which the next
+            # read cuts off -- never half a chunk that looks finished.
+            append_records(folder / CHUNK_LOG, [entry])
+            bar.update(len(records))
+        bar.close()
+    finally:
+        # Free the model before the next run loads its own (GPU memory above all); lm-eval's
+        # model objects hold reference cycles, so dropping the name is not enough.
+        del lm
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def evaluate_run(
+    config: EvalConfig,
+    adapter: str | None,
+    model_path: str,
+    folder: Path,
+    restart: bool = False,
+    label: str = "eval",
+) -> list[dict[str, Any]] | None:
+    """Evaluate one run (the base model with ``adapter`` or none) into ``folder``, resuming.
+
+    Returns its per-instance records in official order; None in the non-main processes of
+    ``accelerate launch``. ``restart`` sets an existing folder aside and starts afresh.
+    """
+    args = model_args(config, adapter, model_path)
+    key = run_key(config, adapter, args)
+    main = is_main_process()
+    done = _done_chunks(folder, key, restart, main)
+    tasks = config.task_names()
+    pending = [t for t in tasks if t not in done]
+    if pending:
+        done_instances = sum(_instances(config, t) for t in tasks if t in done)
+        _evaluate_chunks(config, args, key, folder, pending, done_instances, label)
+    if not main:
+        return None
+    return _write_run_outputs(config, adapter, args, key, folder, tasks)
+
+
+def _write_run_outputs(
+    config: EvalConfig,
+    adapter: str | None,
+    args: dict[str, Any],
+    key: str,
+    folder: Path,
+    tasks: list[str],
+) -> list[dict[str, Any]]:
+    """samples.jsonl, lm_eval_results.json and run.json, all from the chunk log."""
+    from refine_af.run_dir import package_versions
+
+    by_task: dict[str, dict[str, Any]] = {}
+    for entry in read_log(folder / CHUNK_LOG):
+        if entry.get("key") == key:
+            for task in entry["tasks"]:
+                by_task.setdefault(task, entry)
+    missing = [t for t in tasks if t not in by_task]
+    if missing:  # only if the log was changed under us
+        raise UserError(f"{folder / CHUNK_LOG} lacks {', '.join(missing)}: run the eval again")
+    records = [r for t in tasks for r in by_task[t]["records"] if r["task"] == t]
+    entries = list({id(e): e for e in (by_task[t] for t in tasks)}.values())
+    results: dict[str, Any] = {}
+    samples: dict[str, Any] = {}
+    for entry in entries:
+        results.update(entry["lm_eval"]["results"])
+        samples.update(entry["lm_eval"]["n-samples"])
+    seconds = sum(entry["seconds"] for entry in entries)
+    write_records_atomic(folder / SAMPLES, records)
     write_json_atomic(
-        meta_path,
+        folder / LM_RESULTS,
+        {"model": config.backend, "model_args": args, "results": results, "n-samples": samples},
+    )
+    write_json_atomic(
+        folder / RUN_META,
         {
-            "fingerprint": key,
-            "row": to_dict(row),
+            "key": key,
+            "adapter": adapter,
             "model_args": args,
-            "seconds": round(seconds, 1),
+            "tasks": len(tasks),
             "instances": len(records),
+            "seconds": round(seconds, 1),
             "instances_per_second": round(len(records) / max(seconds, 1e-9), 3),
+            "versions": package_versions(),
         },
     )
     return records
 
 
-def run_eval(config: EvalConfig, config_source: str | None = None, force: bool = False) -> Path:
-    """Evaluate every row (``force``: even those already done), write the report; return it."""
-    from refine_af.evaluation.report import write_report
-    from refine_af.models import resolve_model_path
+def evaluate_row(
+    config: EvalConfig, row: RowConfig, model_path: str, output_dir: Path, restart: bool = False
+) -> list[list[dict[str, Any]]] | None:
+    """Every run of a row; a list of per-instance record lists (None outside rank 0)."""
+    runs = []
+    for label, adapter in zip(row.run_labels(), row.adapters(), strict=True):
+        folder = output_dir / row.name / label if label else output_dir / row.name
+        name = f"{row.name}/{label}" if label else row.name
+        runs.append(evaluate_run(config, adapter, model_path, folder, restart, name))
+    if not is_main_process():
+        return None
+    return [run for run in runs if run is not None]
 
-    check_adapters(config)
-    check_tasks_available(config.task_names(), config.data_settings())
-    model_path = resolve_model_path(config.model)
+
+def run_eval(
+    config: EvalConfig, config_source: str | None = None, force: bool = False
+) -> Path | None:
+    """Check the inputs, evaluate every row (resuming; ``force``: afresh), write the report.
+
+    Returns the report path; None in the non-main processes of ``accelerate launch``.
+    """
+    from refine_af.evaluation.report import write_report
+
+    model_path = check_inputs(config)
     output_dir = Path(config.output_dir).expanduser()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "eval_config.json").write_text(
-        json.dumps({"source": config_source, **to_dict(config)}, indent=2) + "\n"
-    )
+    main = is_main_process()
+    if main:
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(
+                output_dir / "eval_config.json", {"source": config_source, **to_dict(config)}
+            )
+        except OSError as error:
+            raise UserError(
+                f"cannot write to output_dir {output_dir} ({error.strerror or error}): set "
+                "output_dir to a folder you can write to"
+            ) from error
     rows = {}
     for row in config.rows:
-        log.info("evaluating row %s", row.name)
-        rows[row.name] = evaluate_row(config, row, model_path, output_dir, reuse=not force)
+        rows[row.name] = evaluate_row(config, row, model_path, output_dir, restart=force)
+    if not main:
+        return None
     return write_report(
         rows,
         output_dir,
