@@ -73,7 +73,11 @@ def prepare_run(config_name: str, overrides: tuple[str, ...], extra: list[str]) 
     from refine_af.train_config import load_config
 
     config = load_config(config_name, [*extra, *overrides])
-    command = "refineaf " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    # The command that reproduces this config: flags such as --baseline are in ``extra`` as the
+    # overrides they stand for.
+    name = click.get_current_context().info_name
+    words = ["refineaf", name, "-c", config_name, *extra, *overrides]
+    command = " ".join(shlex.quote(word) for word in words)
     return config, RunDirectory(config.run.output_dir, to_dict(config), command)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -37,6 +38,7 @@ from refine_af.storage import (
     append_records,
     file_digest,
     read_log,
+    read_records,
     write_json_atomic,
     write_records_atomic,
 )
@@ -52,6 +54,11 @@ class InstructionGenerationConfig:
         None, "Seed task JSONL; default: $REFINEAF_SEED_TASKS, else download the pinned file."
     )
     num_instructions: int = help_field(100, "Stop once this many instructions are kept.")
+    initial_instructions: str | None = help_field(
+        None,
+        "JSONL of instructions ('instruction' per line) that enter the pool first, through the "
+        "same filters, before any is generated (e.g. to extend an existing pool).",
+    )
     prompts_per_batch: int = help_field(32, "Prompts generated together in one batch.")
     generation_batch_size: int = help_field(64, "Sequences per forward pass (transformers).")
     num_seed_examples: int = help_field(6, "Seed instructions in each prompt.")
@@ -121,6 +128,49 @@ def classification_examples(seeds: list[SeedTask], count: int = 8) -> list[tuple
     return [(s.instruction, s.is_classification) for s in mixed]
 
 
+def screen(
+    drafts: list[tuple[str, bool, dict[str, Any]]],
+    pool: SimilarityIndex,
+    kept_count: int,
+) -> list[dict[str, Any]]:
+    """Filter ``(instruction, cut_off, provenance)`` drafts in order; kept ones join ``pool``."""
+    candidates: list[dict[str, Any]] = []
+    for text, cut_off, provenance in drafts:
+        reason = instruction_drop_reason(text, cut_off)
+        if reason is None and pool.is_too_similar(text):
+            reason = "too_similar"
+        candidate: dict[str, Any] = {"instruction": text, "reason": reason}
+        if reason is None:
+            pool.add(text)
+            candidate.update(id=f"gen_{kept_count:06d}", provenance=provenance)
+            kept_count += 1
+        candidates.append(candidate)
+    return candidates
+
+
+def classify(
+    candidates: list[dict[str, Any]],
+    backend: GenerationBackend,
+    tokenizer: Any,
+    seeds: list[SeedTask],
+    config: InstructionGenerationConfig,
+) -> None:
+    """Ask the model whether each kept instruction is a classification task (few-shot Yes/No)."""
+    kept = [c for c in candidates if c["reason"] is None]
+    if config.classification_check and kept:
+        shots = classification_examples(seeds)
+        questions = [
+            classification_prompt(tokenizer, c["instruction"], shots, config.use_chat_template)
+            for c in kept
+        ]
+        answers = backend.generate(questions, SamplingParams(max_new_tokens=3, temperature=0.0))
+        for candidate, answer in zip(kept, answers, strict=True):
+            candidate["is_classification"] = bool(parse_yes_no(answer.text))
+    else:
+        for candidate in kept:
+            candidate["is_classification"] = False
+
+
 def run_batch(
     batch_number: int,
     seed: int,
@@ -150,50 +200,46 @@ def run_batch(
         presence_penalty=config.presence_penalty,
     )
     completions = backend.generate(prompts, params)
-
-    candidates: list[dict[str, Any]] = []
-    kept_count = len(machine)
+    drafts = []
     for prompt_index, completion in enumerate(completions):
         items = parse_numbered_instructions(completion.text)
         for position, (text, is_last) in enumerate(items):
-            cut_off = is_last and completion.finish_reason == "length"
-            reason = instruction_drop_reason(text, cut_off)
-            if reason is None and pool.is_too_similar(text):
-                reason = "too_similar"
-            candidate: dict[str, Any] = {"instruction": text, "reason": reason}
-            if reason is None:
-                pool.add(text)
-                candidate.update(
-                    id=f"gen_{kept_count:06d}",
-                    provenance={
-                        "batch": batch_number,
-                        "prompt": prompt_index,
-                        "position": position,
-                        "in_context_ids": contexts[prompt_index],
-                    },
-                )
-                kept_count += 1
-            candidates.append(candidate)
-
-    kept = [c for c in candidates if c["reason"] is None]
-    if config.classification_check and kept:
-        shots = classification_examples(seeds)
-        questions = [
-            classification_prompt(tokenizer, c["instruction"], shots, config.use_chat_template)
-            for c in kept
-        ]
-        answers = backend.generate(questions, SamplingParams(max_new_tokens=3, temperature=0.0))
-        for candidate, answer in zip(kept, answers, strict=True):
-            candidate["is_classification"] = bool(parse_yes_no(answer.text))
-    else:
-        for candidate in kept:
-            candidate["is_classification"] = False
+            provenance = {
+                "batch": batch_number,
+                "prompt": prompt_index,
+                "position": position,
+                "in_context_ids": contexts[prompt_index],
+            }
+            drafts.append((text, is_last and completion.finish_reason == "length", provenance))
+    candidates = screen(drafts, pool, len(machine))
+    classify(candidates, backend, tokenizer, seeds, config)
     return {
         "batch": batch_number,
         "prompts": len(prompts),
         "new_tokens": sum(c.num_tokens for c in completions),
         "candidates": candidates,
     }
+
+
+def initial_batch(
+    path: Path,
+    backend: GenerationBackend,
+    tokenizer: Any,
+    seeds: list[SeedTask],
+    pool: SimilarityIndex,
+    config: InstructionGenerationConfig,
+) -> dict[str, Any]:
+    """Batch 0 when ``initial_instructions`` is set: the file's instructions, through the same
+    filters and classification check as generated ones, without generating."""
+    drafts = []
+    for number, record in enumerate(read_records(path, "each line needs an 'instruction'"), 1):
+        text = record.get("instruction")
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"{path} record {number} has no 'instruction' string")
+        drafts.append((" ".join(text.split()), False, {"source": str(path), "record": number}))
+    candidates = screen(drafts, pool, 0)
+    classify(candidates, backend, tokenizer, seeds, config)
+    return {"batch": 0, "prompts": 0, "new_tokens": 0, "initial": True, "candidates": candidates}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,11 +252,36 @@ def key(config: Any, run_dir: RunDirectory, variant: str | None = None) -> str:
     The target count is not in it (raising it continues the pool), nor are batch sizes of the
     forward pass and the give-up limit, which change no output.
     """
-    settings = to_dict(config.generate_instructions)
-    for name in ("num_instructions", "generation_batch_size", "max_batches", "seed_tasks"):
+    stage_config = config.generate_instructions
+    settings = to_dict(stage_config)
+    for name in (
+        "num_instructions",
+        "generation_batch_size",
+        "max_batches",
+        "seed_tasks",
+        "initial_instructions",
+    ):
         settings.pop(name)
-    seeds = file_digest(seed_tasks_path(config.generate_instructions.seed_tasks))
-    return fingerprint(settings, config.run.model, config.run.seed, seeds)
+    seeds = file_digest(seed_tasks_path(stage_config.seed_tasks))
+    initial = initial_instructions_path(stage_config)
+    return fingerprint(
+        settings,
+        config.run.model,
+        config.run.seed,
+        seeds,
+        file_digest(initial) if initial is not None else None,
+    )
+
+
+def initial_instructions_path(config: InstructionGenerationConfig) -> Path | None:
+    if config.initial_instructions is None:
+        return None
+    path = Path(config.initial_instructions).expanduser()
+    if not path.is_file():
+        raise UserError(
+            f"generate_instructions.initial_instructions {path} does not exist: give a JSONL file"
+        )
+    return path
 
 
 def is_done(config: Any, run_dir: RunDirectory, variant: str | None = None) -> bool:
@@ -248,6 +319,9 @@ def summarize(batches: list[dict[str, Any]], target: int) -> dict[str, Any]:
         ),
         "batches": len(batches),
         "new_tokens": sum(b["new_tokens"] for b in batches),
+        "from_initial_instructions": sum(
+            1 for b in batches if b.get("initial") for c in b["candidates"] if c["reason"] is None
+        ),
     }
 
 
@@ -275,6 +349,7 @@ def run(
     seeds = load_seed_tasks(seed_tasks_path(stage_config.seed_tasks))
     # Resolve the model before any work starts, so a bad path fails at once with one line.
     model_path = resolve_model_path(config.run.model) if backend is None else None
+    initial = initial_instructions_path(stage_config)
     stage_key = key(config, run_dir)
     folder = run_dir.path / STAGE
     run_dir.claim(folder, stage_key, restart, "instructions")
@@ -321,16 +396,19 @@ def run(
                         f"{batch_number} batches: raise generate_instructions.max_batches or "
                         "check the model's completions in batches.jsonl"
                     )
-                batch = run_batch(
-                    batch_number,
-                    config.run.seed,
-                    backend,
-                    tokenizer,
-                    seeds,
-                    machine,
-                    pool,
-                    stage_config,
-                )
+                if batch_number == 0 and initial is not None:
+                    batch = initial_batch(initial, backend, tokenizer, seeds, pool, stage_config)
+                else:
+                    batch = run_batch(
+                        batch_number,
+                        config.run.seed,
+                        backend,
+                        tokenizer,
+                        seeds,
+                        machine,
+                        pool,
+                        stage_config,
+                    )
                 append_records(log_path, [batch])
                 batches.append(batch)
                 new = kept_records([batch])

@@ -201,3 +201,44 @@ def test_real_tiny_model_through_the_cli(
     assert len(batches) == 1 and batches[0]["prompts"] == 4
     if result.exit_code != 0:
         assert "raise generate_instructions.max_batches" in result.output
+
+
+def test_initial_instructions_enter_the_pool_through_the_filters(
+    tmp_path: Path, seed_tasks_file: Path, tok
+) -> None:  # type: ignore[no-untyped-def]
+    from refine_af.errors import UserError
+
+    pool = tmp_path / "pool.jsonl"
+    texts = [
+        "Summarize the story of the novel in two sentences.",
+        "What is the relation between the given pairs?",  # a seed task: too similar
+        "Sort it.",  # too short
+        "List the prime numbers below the number in the input.",
+    ]
+    pool.write_text("".join(json.dumps({"instruction": t}) + "\n" for t in texts))
+    config = make_config(
+        tmp_path / "run", seed_tasks_file, 4, f"generate_instructions.initial_instructions={pool}"
+    )
+    run_dir = RunDirectory(tmp_path / "run")
+    llm = ScriptedLLM()
+    summary = instructions.run(config, run_dir, backend=llm, tokenizer=tok)
+    batches = read_batch_log(tmp_path / "run/instructions/batches.jsonl")
+    assert batches[0]["initial"] and batches[0]["prompts"] == 0
+    assert [c["reason"] for c in batches[0]["candidates"]] == [
+        None,
+        "too_similar",
+        "too_short",
+        None,
+    ]
+    assert summary["from_initial_instructions"] == 2 and summary["kept"] >= 4
+    kept = [json.loads(line) for line in (tmp_path / "run/instructions/instructions.jsonl").open()]
+    assert [k["instruction"] for k in kept[:2]] == [texts[0], texts[3]]
+    assert kept[2]["provenance"]["batch"] == 1  # generation went on after the file's batch
+    missing = make_config(
+        tmp_path / "other",
+        seed_tasks_file,
+        4,
+        f"generate_instructions.initial_instructions={tmp_path / 'none.jsonl'}",
+    )
+    with pytest.raises(UserError, match=r"initial_instructions .* does not exist"):
+        instructions.run(missing, RunDirectory(tmp_path / "other"), backend=llm, tokenizer=tok)
