@@ -18,3 +18,51 @@ def progress_callback(status: StageRecord | None) -> Any:
                 status.progress()
 
     return RecordProgress()
+
+
+def step_progress(description: str, shown: dict[str, str]) -> Any:
+    """A ``TrainerCallback`` with one progress bar over the optimizer steps, showing a few logged
+    metrics (``shown`` maps log keys to short names) instead of a printed dict per log."""
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class StepProgress(TrainerCallback):
+        def __init__(self) -> None:
+            self.bar: Any = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if state.is_world_process_zero:
+                self.bar = tqdm(
+                    total=state.max_steps, initial=state.global_step, desc=description, unit="step"
+                )
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **_: Any) -> None:
+            if self.bar is not None and logs:
+                values = {name: logs[key] for key, name in shown.items() if key in logs}
+                if values:  # the end-of-training summary log carries none of them
+                    self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return StepProgress()
+
+
+def use_step_progress(trainer: Any, description: str, shown: dict[str, str]) -> None:
+    """Replace the trainer's own bar and printed log dicts with :func:`step_progress` (unless the
+    libraries are allowed to speak: ``refineaf --verbose``)."""
+    import os
+
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    if os.environ.get("REFINEAF_VERBOSE") == "1":
+        return
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(step_progress(description, shown))

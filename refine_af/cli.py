@@ -6,7 +6,6 @@ import functools
 import shlex
 import signal
 import sys
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -87,12 +86,9 @@ def prepare_run(config_name: str, overrides: tuple[str, ...], extra: list[str]) 
 def cli(verbose: bool) -> None:
     """REFINE-AF: instruction-tune a small LLM on self-generated data with RL from automated
     feedback, and score it on SuperNI."""
-    # transformers 5.x warns on every forward pass that passes a cache as `past_key_values`
-    # (renamed `cache`); TRL and peft still pass it that way, so the warning says nothing to
-    # a user and buries the progress bars.
-    warnings.filterwarnings(
-        "ignore", message=".*past_key_values.*deprecated", category=FutureWarning
-    )
+    from refine_af import console
+
+    console.configure(verbose)
 
 
 @cli.command("show-config")

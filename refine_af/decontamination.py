@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import re
-import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,7 +210,9 @@ def build_decontaminator(
             "skipped: no SuperNI test data given (set generate_instances.superni_data or "
             f"{SUPERNI_DATA_ENV} to a SuperNI JSONL/JSONL.GZ or task directory)"
         )
-        warnings.warn(f"decontamination {note}", stacklevel=2)
+        from refine_af.console import note as tell
+
+        tell(f"decontamination {note}")
         return Decontaminator(None, None, note=note)
     texts, tasks = read_superni_texts(path)
     index = ContaminationIndex(n=n, min_tokens=min_tokens)

@@ -68,10 +68,12 @@ def test_decontaminator_checks_instructions_and_instances(tmp_path: Path) -> Non
     assert not checker.instance("Who wrote Hamlet?", "William Shakespeare")
 
 
-def test_missing_data_warns_and_skips(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_data_says_so_and_skips(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv(SUPERNI_DATA_ENV, raising=False)
-    with pytest.warns(UserWarning, match="decontamination skipped"):
-        checker = build_decontaminator(True, None)
+    checker = build_decontaminator(True, None)
+    assert capsys.readouterr().out.startswith("note: decontamination skipped")
     assert not checker.available and "skipped" in checker.describe()["note"]
     assert not checker.instance(TEST_INPUT, "x")
     assert not build_decontaminator(False, None).available

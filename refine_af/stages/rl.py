@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from refine_af.callbacks import progress_callback
+from refine_af.callbacks import progress_callback, use_step_progress
 from refine_af.config import ConfigError, fingerprint, help_field, to_dict
 from refine_af.errors import UserError
 from refine_af.models import lora_config
@@ -388,7 +388,11 @@ def make_sample_sink(path: Path, is_main: bool) -> Any:
 
 
 def trainer_arguments(
-    settings: RLConfig, output_dir: Path, seed: int, weights: list[float] | None = None
+    settings: RLConfig,
+    output_dir: Path,
+    seed: int,
+    weights: list[float] | None = None,
+    on_cpu: bool = True,
 ) -> Any:
     """GRPOConfig / RLOOConfig: the stage's settings plus ``rl.trainer_args``."""
     from trl import GRPOConfig, RLOOConfig
@@ -416,6 +420,7 @@ def trainer_arguments(
         "use_vllm": settings.use_vllm,
         "report_to": settings.report_to,
         "disable_tqdm": False,
+        "dataloader_pin_memory": not on_cpu,  # pinned memory only helps copies to a GPU
     }
     if settings.use_vllm:
         stage_values["vllm_mode"] = "colocate"
@@ -583,7 +588,12 @@ class RLRecipe:
         self.rows, self.skipped = build_prompts(records, self.tokenizer, self.settings)
 
     def _setup_arguments(self) -> None:
-        self.arguments = trainer_arguments(self.settings, self.checkpoints, self.config.run.seed)
+        self.arguments = trainer_arguments(
+            self.settings,
+            self.checkpoints,
+            self.config.run.seed,
+            on_cpu=self.placement.device == "cpu",
+        )
 
     def _setup_rewards(self, scorers: tuple[Any, Any] | None) -> None:
         from accelerate import PartialState
@@ -623,6 +633,8 @@ class RLRecipe:
             self.arguments,
             [make_metrics_callback(self.metrics_path), progress_callback(status)],
         )
+        shown = {"reward_combined": "reward", "format_penalty_rate": "format fail", "kl": "kl"}
+        use_step_progress(self.trainer, "RL steps", shown)
         self.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         self.resumed_from = checkpoint
 

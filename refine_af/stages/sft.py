@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from refine_af.callbacks import progress_callback
+from refine_af.callbacks import progress_callback, use_step_progress
 from refine_af.config import ConfigError, fingerprint, help_field, to_dict
 from refine_af.errors import UserError
 from refine_af.models import lora_config
@@ -205,7 +205,8 @@ def training_arguments(config: Any, output_dir: Path, bf16: bool, use_cpu: bool)
         "learning_rate": settings.learning_rate,
         "lr_scheduler_type": settings.lr_scheduler_type,
         "per_device_train_batch_size": settings.per_device_train_batch_size,
-        "gradient_checkpointing": settings.gradient_checkpointing,
+        # transformers 5 renamed gradient_checkpointing (TRL's config defaults the old name on).
+        "activation_checkpointing": settings.gradient_checkpointing,
         "max_length": settings.max_length,
         # The loss is on the completion only; the prompt tokens get label -100.
         "completion_only_loss": True,
@@ -213,6 +214,7 @@ def training_arguments(config: Any, output_dir: Path, bf16: bool, use_cpu: bool)
         "bf16": bf16,
         "fp16": False,
         "use_cpu": use_cpu,
+        "dataloader_pin_memory": not use_cpu,  # pinned memory only helps copies to a GPU
         "logging_steps": settings.logging_steps,
         "save_strategy": "steps",
         "save_steps": settings.save_steps,
@@ -321,6 +323,7 @@ def run(
     with run_dir.stage(stage_name(variant), stage_key) as status:
         examples = training_examples(source, settings.max_train_instances)
         trainer = build_trainer(config, examples, checkpoints, base_path, status)
+        use_step_progress(trainer, f"fine-tuning ({variant})", {"loss": "loss"})
         resume_from = last_checkpoint(checkpoints)
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         save_adapter(trainer, adapter)
