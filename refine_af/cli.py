@@ -191,10 +191,11 @@ def score_command(
 @config_options
 @click.option(
     "--variant",
-    type=click.Choice(["refine_af", "baseline"]),
+    type=click.Choice(["refine_af", "baseline", "seeds_only"]),
     default="refine_af",
     show_default=True,
-    help="Instances from the RL adapter (refine_af) or from the untuned model (baseline).",
+    help="Instances from the RL adapter (refine_af), the untuned model (baseline), or the seed "
+    "tasks' own instances (seeds_only, the control).",
 )
 @click.option("--max-instructions", type=int, default=None, help="Use only the first N.")
 @click.option("--restart", is_flag=True, help="Set aside instances made from other inputs.")
@@ -225,7 +226,7 @@ def generate_instances(
 @config_options
 @click.option(
     "--variant",
-    type=click.Choice(["refine_af", "baseline"]),
+    type=click.Choice(["refine_af", "baseline", "seeds_only"]),
     default="refine_af",
     show_default=True,
     help="Which variant's instances to fine-tune on.",

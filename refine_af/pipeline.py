@@ -26,7 +26,7 @@ from refine_af.config import ConfigError, help_field
 from refine_af.run_dir import RunDirectory, package_versions
 from refine_af.storage import read_json, read_log, write_json_atomic, write_text_atomic
 
-VARIANTS = ("refine_af", "baseline")
+VARIANTS = ("refine_af", "baseline", "seeds_only")
 
 
 @dataclass
@@ -35,8 +35,9 @@ class PipelineConfig:
 
     variants: list[str] = help_field(  # noqa: RUF009 - help_field is field()
         ["refine_af", "baseline"],
-        "Adapters to train: 'refine_af' (instances from the RL adapter) and/or 'baseline' "
-        "(Self-Instruct: instances from the untuned model). --baseline means ['baseline'].",
+        "Adapters to train: 'refine_af' (instances from the RL adapter), 'baseline' "
+        "(Self-Instruct: instances from the untuned model) and/or 'seeds_only' (the control: "
+        "the 175 seed tasks' own instances). --baseline means ['baseline'].",
     )
 
     def __post_init__(self) -> None:
@@ -68,7 +69,9 @@ def plan(config: Any) -> list[Step]:
     from refine_af.stages import instances, instructions, rl, sft
 
     variants = config.pipeline.variants
-    steps = [Step("stage 1 (instructions)", instructions)]
+    steps = []
+    if {"refine_af", "baseline"} & set(variants):  # seeds_only needs no generated instruction
+        steps.append(Step("stage 1 (instructions)", instructions))
     if "refine_af" in variants:
         steps.append(Step("stage 2 (RL)", rl, options=(("restart", True), ("resume", True))))
     for variant in variants:

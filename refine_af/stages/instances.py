@@ -54,7 +54,9 @@ from refine_af.storage import (
 )
 
 STAGE_DIR = "instances"
-VARIANTS = ("refine_af", "baseline")
+VARIANTS = ("refine_af", "baseline", "seeds_only")
+# The control: the human-written seed tasks' own instances, no generated data at all.
+SEEDS_ONLY = "seeds_only"
 RL_ADAPTER = Path("rl") / "adapter"  # where stage 2 leaves its final adapter
 INSTRUCTIONS_FILE = Path("instructions") / "instructions.jsonl"
 
@@ -144,8 +146,8 @@ def instructions_path(run_dir: RunDirectory) -> Path:
 
 
 def adapter_for(run_dir: RunDirectory, variant: str) -> Path | None:
-    """The adapter that writes this variant's instances (None: the base model)."""
-    if variant == "baseline":
+    """The adapter that writes this variant's instances (None: the base model, or no model)."""
+    if variant in ("baseline", SEEDS_ONLY):
         return None
     adapter = run_dir.path / RL_ADAPTER
     if not (adapter / "adapter_config.json").is_file():
@@ -189,6 +191,11 @@ def key(config: Any, run_dir: RunDirectory, variant: str | None = None) -> str:
 
         data = find_superni_data(config.generate_instances.superni_data)
         data_key = file_key(data) if data is not None else None
+    if variant == SEEDS_ONLY:
+        from refine_af.seeds import seed_tasks_path
+
+        seeds = file_digest(seed_tasks_path(config.generate_instructions.seed_tasks))
+        return fingerprint(variant, seeds, settings["decontaminate"], data_key)
     return fingerprint(
         settings,
         config.run.model,
@@ -204,16 +211,17 @@ def stage_name(variant: str) -> str:
     return f"{STAGE_DIR}:{variant}"
 
 
+def extent(config: Any, variant: str) -> int | None:
+    """How far the stage goes: the instruction limit (the seed tasks are always all used)."""
+    return None if variant == SEEDS_ONLY else config.generate_instances.max_instructions
+
+
 def is_done(config: Any, run_dir: RunDirectory, variant: str | None = None) -> bool:
-    assert variant is not None
-    return (
-        run_dir.is_done(
-            stage_name(variant),
-            key(config, run_dir, variant),
-            config.generate_instances.max_instructions,
-        )
-        and (run_dir.path / STAGE_DIR / variant / "instances.jsonl").is_file()
+    variant = check_variant(variant)
+    done = run_dir.is_done(
+        stage_name(variant), key(config, run_dir, variant), extent(config, variant)
     )
+    return done and (run_dir.path / STAGE_DIR / variant / "instances.jsonl").is_file()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,6 +411,8 @@ def run(
     from refine_af.models import load_tokenizer, resolve_model_path
 
     variant = check_variant(variant)
+    if variant == SEEDS_ONLY:
+        return seed_instances(config, run_dir, restart=restart)
     stage_config: InstanceGenerationConfig = config.generate_instances
     adapter = adapter_for(run_dir, variant)
     instructions = load_instructions(instructions_path(run_dir))
@@ -410,7 +420,7 @@ def run(
     folder = run_dir.path / STAGE_DIR / variant
     run_dir.claim(folder, stage_key, restart, "instances")
 
-    with run_dir.stage(stage_name(variant), stage_key, stage_config.max_instructions) as status:
+    with run_dir.stage(stage_name(variant), stage_key, extent(config, variant)) as status:
         decontaminator = build_decontaminator(
             stage_config.decontaminate,
             stage_config.superni_data,
@@ -477,6 +487,67 @@ def run(
         result = summarize(
             batches, variant, len(instructions), contaminated, decontaminator, config, adapter
         )
+        write_json_atomic(folder / "summary.json", result)
+        status.summary.update(result)
+    return result
+
+
+def seed_instances(config: Any, run_dir: RunDirectory, restart: bool = False) -> dict[str, Any]:
+    """The ``seeds_only`` control: the 175 seed tasks' own (human-written) instances, with the
+    same decontamination as generated ones and nothing generated. Fine-tuning on them with the
+    same settings tells what the generated data adds beyond a small human-written set."""
+    from refine_af.seeds import load_seed_tasks, seed_tasks_path
+
+    stage_config: InstanceGenerationConfig = config.generate_instances
+    seeds = load_seed_tasks(seed_tasks_path(config.generate_instructions.seed_tasks))
+    stage_key = key(config, run_dir, SEEDS_ONLY)
+    folder = run_dir.path / STAGE_DIR / SEEDS_ONLY
+    run_dir.claim(folder, stage_key, restart, "instances")
+    with run_dir.stage(stage_name(SEEDS_ONLY), stage_key) as status:
+        decontaminator = build_decontaminator(
+            stage_config.decontaminate,
+            stage_config.superni_data,
+            n=stage_config.decontamination_ngram,
+        )
+        records, dropped = [], Counter()
+        for task in seeds:
+            if decontaminator.instruction(task.instruction):
+                dropped["contaminated"] += len(task.instances)
+                continue
+            for number, (input_text, output_text) in enumerate(task.instances):
+                if decontaminator.instance(input_text, output_text):
+                    dropped["contaminated"] += 1
+                    continue
+                records.append(
+                    {
+                        "id": f"{task.id}-{number}",
+                        "instruction_id": task.id,
+                        "instruction": task.instruction,
+                        "input": input_text.strip(),
+                        "output": output_text.strip(),
+                        "is_classification": task.is_classification,
+                    }
+                )
+        write_records_atomic(folder / "instances.jsonl", records)
+        used = {record["instruction_id"] for record in records}
+        result = {
+            "variant": SEEDS_ONLY,
+            "instructions": {
+                "available": len(seeds),
+                "dropped_contaminated": sum(
+                    1 for task in seeds if decontaminator.instruction(task.instruction)
+                ),
+                "processed": len(seeds),
+                "with_instances": len(used),
+                "without_instances": len(seeds) - len(used),
+            },
+            "completions": 0,
+            "unparsed_completions": 0,
+            "candidates": sum(len(task.instances) for task in seeds),
+            "kept": len(records),
+            "dropped": {reason: dropped.get(reason, 0) for reason in INSTANCE_DROP_REASONS},
+            "decontamination": decontaminator.describe(),
+        }
         write_json_atomic(folder / "summary.json", result)
         status.summary.update(result)
     return result

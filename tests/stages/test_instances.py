@@ -276,3 +276,38 @@ def test_real_tiny_model_generates(tmp_path: Path, tiny_model_dir: Path) -> None
     summary = instances.run(config, run_dir, "baseline")
     assert summary["completions"] == 3
     assert summary["kept"] + sum(summary["dropped"].values()) == summary["candidates"]
+
+
+def test_seeds_only_control_uses_the_seed_tasks_own_instances(
+    tmp_path: Path, seed_tasks_file: Path, shared_data: Path
+) -> None:
+    from refine_af.seeds import load_seed_tasks
+
+    config = load_config(
+        "default",
+        [
+            f"run.output_dir={tmp_path}",
+            f"generate_instructions.seed_tasks={seed_tasks_file}",
+            f"generate_instances.superni_data={shared_data / 'superni_test.jsonl.gz'}",
+        ],
+    )
+    run_dir = RunDirectory(tmp_path)
+    # No stage-1 output and no model are needed: nothing is generated.
+    summary = instances.run(config, run_dir, "seeds_only")
+    seeds = load_seed_tasks(seed_tasks_file)
+    kept = [json.loads(x) for x in (tmp_path / "instances/seeds_only/instances.jsonl").open()]
+    assert summary["candidates"] == sum(len(t.instances) for t in seeds)
+    assert (
+        summary["kept"] == len(kept) == summary["candidates"] - summary["dropped"]["contaminated"]
+    )
+    assert summary["decontamination"]["applied"]
+    first = seeds[0]
+    assert kept[0] == {
+        "id": f"{first.id}-0",
+        "instruction_id": first.id,
+        "instruction": first.instruction,
+        "input": first.instances[0][0].strip(),
+        "output": first.instances[0][1].strip(),
+        "is_classification": first.is_classification,
+    }
+    assert instances.is_done(config, run_dir, "seeds_only")
