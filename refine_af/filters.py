@@ -41,6 +41,7 @@ INSTRUCTION_DROP_REASONS = (
     "write_a_program",
     "starts_with_punctuation",
     "starts_with_non_ascii",
+    "not_a_task",  # the instruction judge's P(Yes) is below the threshold (refine_af.judges)
     "too_similar",
 )
 
@@ -79,7 +80,9 @@ INSTANCE_DROP_REASONS = (
     "input_equals_output",
     "field_ends_with_colon",  # "Output: Here are some ideas:" is an unfinished generation
     "copied_demonstration",  # repeats an example shown in the prompt (small models do)
+    "near_copy_of_demonstration",  # ROUGE-L above the threshold against one (refine_af.judges)
     "contaminated",  # overlaps the SuperNI test data (refine_af.decontamination)
+    "not_carried_out",  # the output judge's P(Yes) is below the threshold (refine_af.judges)
     "duplicate",  # the same (input, output) pair again
     "conflicting_outputs",  # one non-empty input with two outputs: the whole task is dropped
     "over_limit",  # beyond max_instances_per_instruction
@@ -108,19 +111,16 @@ def _copies(text: str, shown: set[str]) -> bool:
     return _normalized(text) in shown or _normalized(text.strip().split("\n", 1)[0]) in shown
 
 
-def filter_task_instances(
+def instance_reasons(
     candidates: list[tuple[str, str, bool]],
-    max_instances: int,
     is_contaminated: Callable[[str, str], bool] | None = None,
     demonstrations: Collection[str] = (),
+    near_copy: Callable[[str], bool] | None = None,
 ) -> list[str | None]:
-    """The drop reason of each ``(input, output, cut_off)`` candidate of ONE task, or None to keep.
+    """The reason each ``(input, output, cut_off)`` candidate is dropped on its own, or None.
 
-    Per-instance checks come first, then the task-level ones on the survivors: a non-empty input
-    that got two different outputs makes the task's instances unreliable, so all of them go
-    (Self-Instruct does the same); exact duplicates go; an input or output equal to one of the
-    prompt's ``demonstrations`` is a copy, not a new instance; the first ``max_instances``
-    survivors are kept in generation order.
+    An input or output equal to one of the prompt's ``demonstrations`` is a copy, not a new
+    instance; ``near_copy`` (when given) also catches copies with a word or two changed.
     """
     shown = {_normalized(text) for text in demonstrations} - {""}
     reasons: list[str | None] = []
@@ -130,12 +130,28 @@ def filter_task_instances(
             reason = "copied_demonstration"
         if (
             reason is None
+            and near_copy is not None
+            and (near_copy(input_text) or near_copy(output_text))
+        ):
+            reason = "near_copy_of_demonstration"
+        if (
+            reason is None
             and is_contaminated is not None
             and is_contaminated(input_text, output_text)
         ):
             reason = "contaminated"
         reasons.append(reason)
+    return reasons
 
+
+def task_reasons(
+    candidates: list[tuple[str, str, bool]], reasons: list[str | None], max_instances: int
+) -> list[str | None]:
+    """Add the task-level reasons to ``reasons`` (one task's candidates, per-instance reasons
+    already set): a non-empty input that got two different outputs makes the task's instances
+    unreliable, so all of them go (Self-Instruct does the same); exact duplicates go; the first
+    ``max_instances`` survivors are kept in generation order."""
+    reasons = list(reasons)
     seen: set[tuple[str, str]] = set()
     outputs_by_input: dict[str, set[str]] = {}
     for index, (input_text, output_text, _) in enumerate(candidates):
@@ -159,3 +175,16 @@ def filter_task_instances(
             if kept > max_instances:
                 reasons[index] = "over_limit"
     return reasons
+
+
+def filter_task_instances(
+    candidates: list[tuple[str, str, bool]],
+    max_instances: int,
+    is_contaminated: Callable[[str, str], bool] | None = None,
+    demonstrations: Collection[str] = (),
+    near_copy: Callable[[str], bool] | None = None,
+) -> list[str | None]:
+    """The drop reason of each ``(input, output, cut_off)`` candidate of ONE task, or None to keep:
+    :func:`instance_reasons`, then :func:`task_reasons` on the survivors."""
+    reasons = instance_reasons(candidates, is_contaminated, demonstrations, near_copy)
+    return task_reasons(candidates, reasons, max_instances)

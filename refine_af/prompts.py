@@ -148,18 +148,22 @@ INSTANCE_OUTPUT_FIRST_DEMOS = (
     "Class label: Even\nInput: 42\n"
     "Class label: Odd\nInput: 17"
 )
-# The demonstrations' inputs and outputs of more than one word: a generated instance that
-# repeats one is a copy of the prompt (class labels such as "Positive" are legitimate outputs).
-INSTANCE_DEMONSTRATION_TEXTS = (
+# The demonstrations' inputs and outputs of more than one word, per prompt: a generated
+# instance that repeats one is a copy of the prompt (class labels such as "Positive" are
+# legitimate outputs).
+INPUT_FIRST_DEMONSTRATION_TEXTS = (
     "25 degrees Celsius",
     "77 degrees Fahrenheit",
     "100 degrees Celsius",
     "212 degrees Fahrenheit",
     "The Daily Grind",
     "Bean There",
+)
+OUTPUT_FIRST_DEMONSTRATION_TEXTS = (
     "The food was great and the staff were friendly.",
     "We waited an hour and the soup was cold.",
 )
+INSTANCE_DEMONSTRATION_TEXTS = INPUT_FIRST_DEMONSTRATION_TEXTS + OUTPUT_FIRST_DEMONSTRATION_TEXTS
 # Where a completion must stop: the model starting the next task of the few-shot list.
 INSTANCE_STOP = ("\nTask:",)
 # Words a model writes for "this task takes no input".

@@ -24,13 +24,17 @@ written to the sample log.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from refine_af.config import ConfigError
 from refine_af.errors import UserError
+from refine_af.filters import instance_reasons
 from refine_af.instance_format import ParsedInstance, parse_instance
+from refine_af.judges import NEAR_COPY_THRESHOLD, NearCopy
+from refine_af.prompts import INSTANCE_DEMONSTRATION_TEXTS
 from refine_af.scorers import (
     WITH_CONTEXT,
     CausalYesNoScorer,
@@ -226,6 +230,34 @@ def naturalness(prompts: Any, completions: Any, *, feedback: Feedback, **_: Any)
 def coherence(prompts: Any, completions: Any, *, feedback: Feedback, **_: Any) -> list:
     """UniEval: P(Yes) to "Is this a coherent response given the dialogue history?"."""
     return feedback.signals["coherence"]
+
+
+@register_reward("keepable")
+def keepable(prompts: Any, completions: Any, *, feedback: Feedback, **_: Any) -> list:
+    """1 for an instance stage 3 would keep on its own, else 0 (beyond the paper).
+
+    Stage 3 drops an instance with an empty output, an input equal to its output, a field
+    ending with ":", or a copy or near-copy of its prompt's demonstrations; the RL-tuned model
+    writes stage 3's instances, so this teaches it what stage 3 will keep.
+    """
+    near_copy = _near_copy_of_demonstrations()
+    values: list[float | None] = []
+    for instance in feedback.instances:
+        if instance is None:
+            values.append(None)  # the format penalty speaks for it
+            continue
+        kept = instance_reasons(
+            [(instance.input, instance.output, False)],
+            demonstrations=INSTANCE_DEMONSTRATION_TEXTS,
+            near_copy=near_copy,
+        ) == [None]
+        values.append(1.0 if kept else 0.0)
+    return values
+
+
+@functools.cache
+def _near_copy_of_demonstrations() -> NearCopy:
+    return NearCopy(INSTANCE_DEMONSTRATION_TEXTS, NEAR_COPY_THRESHOLD)
 
 
 def format_reward(prompts: Any, completions: Any, *, feedback: Feedback, **_: Any) -> list:

@@ -176,3 +176,21 @@ def test_an_added_reward_is_weighted_logged_and_combined(brevity_reward):
     assert samples[0].values["brevity"] == 0.5 and samples[1].values["brevity"] is None
     assert samples[0].combined == pytest.approx(4.0 + 2 * 0.5 + PAPER_INTERCEPT)
     assert samples[1].combined == pytest.approx(-1.0 + PAPER_INTERCEPT)
+
+
+def test_keepable_reward_by_hand():
+    from refine_af.rewards import Feedback, keepable
+
+    instances = [
+        ParsedInstance("2 and 3", "5"),
+        ParsedInstance("same", "same"),  # input equals output
+        ParsedInstance("", ""),  # an empty output is never parsed, but stays unkeepable
+        ParsedInstance("", "The Daily Grind is a coffee shop"),  # near-copy of a demonstration
+        ParsedInstance("", "Bean There"),  # exact copy
+        ParsedInstance("Here are the steps:", "Mix and bake."),  # a field ending with ":"
+        None,  # unparsed: the format penalty speaks for it
+        ParsedInstance("", "A cozy cafe called Maple Corner"),
+    ]
+    feedback = Feedback(["t"] * len(instances), instances, {})
+    values = keepable([None] * len(instances), [""] * len(instances), feedback=feedback)
+    assert values == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, 1.0]

@@ -34,11 +34,14 @@ from tqdm.auto import tqdm
 from refine_af.config import ConfigError, fingerprint, help_field, to_dict
 from refine_af.decontamination import Decontaminator, build_decontaminator, file_key
 from refine_af.errors import UserError
-from refine_af.filters import INSTANCE_DROP_REASONS, filter_task_instances
+from refine_af.filters import INSTANCE_DROP_REASONS, instance_reasons, task_reasons
 from refine_af.generation import Completion, GenerationBackend, SamplingParams
+from refine_af.judges import Judge, NearCopy, judge_identity, load_judge
 from refine_af.prompts import (
+    INPUT_FIRST_DEMONSTRATION_TEXTS,
     INSTANCE_DEMONSTRATION_TEXTS,
     INSTANCE_STOP,
+    OUTPUT_FIRST_DEMONSTRATION_TEXTS,
     instance_generation_prompt,
     parse_instances,
 )
@@ -101,6 +104,16 @@ class InstanceGenerationConfig:
     decontamination_ngram: int = help_field(
         8, "Word n-gram size: sharing one n-gram with the test data is contamination."
     )
+    near_copy_threshold: float | None = help_field(
+        None,
+        "Drop an instance whose input or output has ROUGE-L F above this with a demonstration "
+        "shown in its prompt (e.g. 0.5); null: only exact copies are dropped (Self-Instruct).",
+    )
+    output_judge: float | None = help_field(
+        None,
+        "Drop an instance whose P(Yes) to 'does the output carry out the instruction on the "
+        "input?', asked of rl.evaluator, is below this (e.g. 0.5); null: off.",
+    )
 
     def __post_init__(self) -> None:
         for name in (
@@ -123,6 +136,12 @@ class InstanceGenerationConfig:
             )
         if self.decontamination_ngram < 2:
             raise ConfigError("generate_instances.decontamination_ngram must be >= 2")
+        for name in ("near_copy_threshold", "output_judge"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value < 1.0:
+                raise ConfigError(
+                    f"generate_instances.{name} is a threshold in (0, 1), or null to turn it off"
+                )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,8 +215,10 @@ def key(config: Any, run_dir: RunDirectory, variant: str | None = None) -> str:
 
         seeds = file_digest(seed_tasks_path(config.generate_instructions.seed_tasks))
         return fingerprint(variant, seeds, settings["decontaminate"], data_key)
+    judge = judge_identity(config) if settings["output_judge"] is not None else None
     return fingerprint(
         settings,
+        judge,
         config.run.model,
         config.run.seed,
         variant,
@@ -255,6 +276,16 @@ def _prompt_and_parser(
     return ask_self_instruct, read_self_instruct
 
 
+def near_copy_tests(config: InstanceGenerationConfig) -> dict[bool, NearCopy] | None:
+    """The near-copy test for each prompt shape (keyed by is_classification), or None."""
+    if config.near_copy_threshold is None or config.prompt_format != "self_instruct":
+        return None
+    return {
+        False: NearCopy(INPUT_FIRST_DEMONSTRATION_TEXTS, config.near_copy_threshold),
+        True: NearCopy(OUTPUT_FIRST_DEMONSTRATION_TEXTS, config.near_copy_threshold),
+    }
+
+
 def run_batch(
     batch_number: int,
     tasks: list[dict[str, Any]],
@@ -263,8 +294,13 @@ def run_batch(
     tokenizer: Any,
     config: InstanceGenerationConfig,
     decontaminator: Decontaminator,
+    judge: Judge | None = None,
 ) -> dict[str, Any]:
-    """Generate, parse and filter the instances of one batch of instructions."""
+    """Generate, parse and filter the instances of one batch of instructions.
+
+    Each candidate goes through the per-instance filters, then (when set) the output judge,
+    asked in one batch about every survivor of the batch, then the task-level filters.
+    """
     import transformers
 
     # Both variants use the same per-batch seed: their samples are paired, not independent.
@@ -286,7 +322,10 @@ def run_batch(
     if len(completions) != len(prompts):
         raise RuntimeError(f"backend returned {len(completions)} completions for {len(prompts)}")
 
-    results = []
+    demonstrations = INSTANCE_DEMONSTRATION_TEXTS if config.prompt_format == "self_instruct" else ()
+    near_copies = near_copy_tests(config)
+    contaminated = decontaminator.instance if decontaminator.available else None
+    per_task = []
     for index, task in enumerate(tasks):
         own = completions[index * k : (index + 1) * k]
         candidates: list[tuple[str, str, bool]] = []
@@ -298,23 +337,42 @@ def run_batch(
             # Only the last example of a completion cut by the token limit can be truncated.
             cut = completion.finish_reason == "length"
             candidates.extend((inp, out, cut and last) for inp, out, last in parsed)
-        reasons = filter_task_instances(
-            candidates,
-            config.max_instances_per_instruction,
-            decontaminator.instance if decontaminator.available else None,
-            demonstrations=INSTANCE_DEMONSTRATION_TEXTS
-            if config.prompt_format == "self_instruct"
-            else (),
-        )
+        near_copy = near_copies[task["is_classification"]] if near_copies else None
+        reasons = instance_reasons(candidates, contaminated, demonstrations, near_copy)
+        per_task.append((task, own, unparsed, candidates, reasons))
+
+    scores: dict[tuple[int, int], float] = {}
+    if judge is not None and config.output_judge is not None:
+        asked = [
+            (t, c)
+            for t, (_, _, _, candidates, reasons) in enumerate(per_task)
+            for c in range(len(candidates))
+            if reasons[c] is None
+        ]
+        items = [
+            (per_task[t][0]["instruction"], per_task[t][3][c][0], per_task[t][3][c][1])
+            for t, c in asked
+        ]
+        for (t, c), score in zip(asked, judge.instance_scores(items), strict=True):
+            scores[(t, c)] = score
+            if score < config.output_judge:
+                per_task[t][4][c] = "not_carried_out"
+
+    results = []
+    for t, (task, own, unparsed, candidates, reasons) in enumerate(per_task):
+        reasons = task_reasons(candidates, reasons, config.max_instances_per_instruction)
+        records = []
+        for c, ((inp, out, _), reason) in enumerate(zip(candidates, reasons, strict=True)):
+            record: dict[str, Any] = {"input": inp, "output": out, "reason": reason}
+            if (t, c) in scores:
+                record["judge"] = round(scores[(t, c)], 4)
+            records.append(record)
         results.append(
             {
                 "id": task["id"],
                 "completions": [{"text": c.text, "finish_reason": c.finish_reason} for c in own],
                 "unparsed_completions": unparsed,
-                "candidates": [
-                    {"input": inp, "output": out, "reason": reason}
-                    for (inp, out, _), reason in zip(candidates, reasons, strict=True)
-                ],
+                "candidates": records,
             }
         )
     return {
@@ -401,6 +459,7 @@ def run(
     *,
     restart: bool = False,
     backend: GenerationBackend | None = None,
+    judge: Judge | None = None,
 ) -> dict[str, Any]:
     """Write, filter and save the instances of one variant; return the stage summary.
 
@@ -463,6 +522,10 @@ def run(
                 batch_number = len(batches)
                 # Batch k always covers the same slice, so a resumed run redoes nothing.
                 tasks = clean[batch_number * size : (batch_number + 1) * size]
+                if judge is None and stage_config.output_judge is not None:
+                    # The judge is the untuned evaluator for every variant: it may share the
+                    # baseline's model, never the RL-tuned one.
+                    judge = load_judge(config, reuse=backend if adapter is None else None)
                 batch = run_batch(
                     batch_number,
                     tasks,
@@ -471,6 +534,7 @@ def run(
                     tokenizer,
                     stage_config,
                     decontaminator,
+                    judge,
                 )
                 append_records(log_path, [batch])
                 batches.append(batch)

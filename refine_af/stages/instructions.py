@@ -25,6 +25,7 @@ from refine_af.config import ConfigError, fingerprint, help_field, to_dict
 from refine_af.errors import UserError
 from refine_af.filters import INSTRUCTION_DROP_REASONS, instruction_drop_reason
 from refine_af.generation import GenerationBackend, SamplingParams
+from refine_af.judges import Judge, judge_identity, load_judge
 from refine_af.prompts import (
     classification_prompt,
     instruction_prompt,
@@ -78,6 +79,12 @@ class InstructionGenerationConfig:
     classification_check: bool = help_field(
         True, "Ask the model whether each kept instruction is a classification task."
     )
+    instruction_judge: float | None = help_field(
+        None,
+        "Drop an instruction whose P(Yes) to 'is this an instruction for a task someone could "
+        "do?', asked of rl.evaluator, is below this (e.g. 0.5); null: off (Self-Instruct's "
+        "filters only).",
+    )
     max_batches: int = help_field(
         500, "Give up after this many batches (a model that never produces keepable text)."
     )
@@ -98,6 +105,11 @@ class InstructionGenerationConfig:
             raise ConfigError("generate_instructions.similarity_threshold must be in (0, 1]")
         if self.temperature < 0 or not 0.0 < self.top_p <= 1.0:
             raise ConfigError("generate_instructions needs temperature >= 0 and top_p in (0, 1]")
+        if self.instruction_judge is not None and not 0.0 < self.instruction_judge < 1.0:
+            raise ConfigError(
+                "generate_instructions.instruction_judge is a P(Yes) threshold in (0, 1), or "
+                "null to turn the judge off"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,14 +144,35 @@ def screen(
     drafts: list[tuple[str, bool, dict[str, Any]]],
     pool: SimilarityIndex,
     kept_count: int,
+    judge: Judge | None = None,
+    threshold: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Filter ``(instruction, cut_off, provenance)`` drafts in order; kept ones join ``pool``."""
+    """Filter ``(instruction, cut_off, provenance)`` drafts in order; kept ones join ``pool``.
+
+    Self-Instruct's heuristics first, then (when set) the judge, asked in one batch about the
+    drafts that passed them and are not already too similar to the pool, then the similarity
+    filter in order, so a batch's near-duplicates keep only their first.
+    """
+    reasons = [instruction_drop_reason(text, cut_off) for text, cut_off, _ in drafts]
+    scores: list[float | None] = [None] * len(drafts)
+    if judge is not None and threshold is not None:
+        asked = [
+            i
+            for i, (text, _, _) in enumerate(drafts)
+            if reasons[i] is None and not pool.is_too_similar(text)
+        ]
+        answers = judge.instruction_scores([drafts[i][0] for i in asked])
+        for index, score in zip(asked, answers, strict=True):
+            scores[index] = score
+            if score < threshold:
+                reasons[index] = "not_a_task"
     candidates: list[dict[str, Any]] = []
-    for text, cut_off, provenance in drafts:
-        reason = instruction_drop_reason(text, cut_off)
+    for (text, _, provenance), reason, score in zip(drafts, reasons, scores, strict=True):
         if reason is None and pool.is_too_similar(text):
             reason = "too_similar"
         candidate: dict[str, Any] = {"instruction": text, "reason": reason}
+        if score is not None:
+            candidate["judge"] = round(score, 4)
         if reason is None:
             pool.add(text)
             candidate.update(id=f"gen_{kept_count:06d}", provenance=provenance)
@@ -180,6 +213,7 @@ def run_batch(
     machine: list[dict[str, Any]],
     pool: SimilarityIndex,
     config: InstructionGenerationConfig,
+    judge: Judge | None = None,
 ) -> dict[str, Any]:
     """Generate, parse and filter one batch; kept instructions are added to ``pool``."""
     import transformers
@@ -211,7 +245,7 @@ def run_batch(
                 "in_context_ids": contexts[prompt_index],
             }
             drafts.append((text, is_last and completion.finish_reason == "length", provenance))
-    candidates = screen(drafts, pool, len(machine))
+    candidates = screen(drafts, pool, len(machine), judge, config.instruction_judge)
     classify(candidates, backend, tokenizer, seeds, config)
     return {
         "batch": batch_number,
@@ -228,6 +262,7 @@ def initial_batch(
     seeds: list[SeedTask],
     pool: SimilarityIndex,
     config: InstructionGenerationConfig,
+    judge: Judge | None = None,
 ) -> dict[str, Any]:
     """Batch 0 when ``initial_instructions`` is set: the file's instructions, through the same
     filters and classification check as generated ones, without generating."""
@@ -237,7 +272,7 @@ def initial_batch(
         if not isinstance(text, str) or not text.strip():
             raise UserError(f"{path} record {number} has no 'instruction' string")
         drafts.append((" ".join(text.split()), False, {"source": str(path), "record": number}))
-    candidates = screen(drafts, pool, 0)
+    candidates = screen(drafts, pool, 0, judge, config.instruction_judge)
     classify(candidates, backend, tokenizer, seeds, config)
     return {"batch": 0, "prompts": 0, "new_tokens": 0, "initial": True, "candidates": candidates}
 
@@ -264,12 +299,14 @@ def key(config: Any, run_dir: RunDirectory, variant: str | None = None) -> str:
         settings.pop(name)
     seeds = file_digest(seed_tasks_path(stage_config.seed_tasks))
     initial = initial_instructions_path(stage_config)
+    judge = judge_identity(config) if stage_config.instruction_judge is not None else None
     return fingerprint(
         settings,
         config.run.model,
         config.run.seed,
         seeds,
         file_digest(initial) if initial is not None else None,
+        judge,
     )
 
 
@@ -333,6 +370,7 @@ def run(
     restart: bool = False,
     backend: GenerationBackend | None = None,
     tokenizer: Any = None,
+    judge: Judge | None = None,
 ) -> dict[str, Any]:
     """Generate instructions until ``num_instructions`` are kept; return the stage summary.
 
@@ -396,8 +434,12 @@ def run(
                         f"{batch_number} batches: raise generate_instructions.max_batches or "
                         "check the model's completions in batches.jsonl"
                     )
+                if judge is None and stage_config.instruction_judge is not None:
+                    judge = load_judge(config, reuse=backend)
                 if batch_number == 0 and initial is not None:
-                    batch = initial_batch(initial, backend, tokenizer, seeds, pool, stage_config)
+                    batch = initial_batch(
+                        initial, backend, tokenizer, seeds, pool, stage_config, judge
+                    )
                 else:
                     batch = run_batch(
                         batch_number,
@@ -408,6 +450,7 @@ def run(
                         machine,
                         pool,
                         stage_config,
+                        judge,
                     )
                 append_records(log_path, [batch])
                 batches.append(batch)
