@@ -299,11 +299,14 @@ def _lean_lm_eval_calls() -> Iterator[None]:
     import lm_eval.api.task as task_module
     import lm_eval.evaluator as evaluator
 
-    patches = [
+    patches: list[tuple[Any, str, Any]] = [
         (evaluator, "get_git_commit_hash", _quiet_git_hash),
-        (evaluator, "add_env_info", lambda storage: None),
-        (task_module, "tqdm", functools.partial(task_module.tqdm, disable=True)),
+        (evaluator, "add_env_info", _no_env_info),
     ]
+    if hasattr(task_module, "tqdm"):
+        patches.append((task_module, "tqdm", functools.partial(task_module.tqdm, disable=True)))
+    # A later lm-eval that moved one of them simply runs it as it is.
+    patches = [(module, name, value) for module, name, value in patches if hasattr(module, name)]
     saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
     for module, name, value in patches:
         setattr(module, name, value)
@@ -312,6 +315,10 @@ def _lean_lm_eval_calls() -> Iterator[None]:
     finally:
         for module, name, value in saved:
             setattr(module, name, value)
+
+
+def _no_env_info(storage: dict[str, Any]) -> None:
+    """lm-eval's environment report, skipped (see ``_lean_lm_eval_calls``)."""
 
 
 def _quiet_git_hash() -> str | None:

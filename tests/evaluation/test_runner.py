@@ -334,7 +334,11 @@ def test_eval_rows_runs_resume_and_report(
         rows=[RowConfig("vanilla"), RowConfig("tuned", [str(tiny_adapter), str(second)])],
         limit=1,  # 2 tasks x 1 instance per run: this test is about files, not scores
     )
+    import lm_eval.evaluator
+
+    original = lm_eval.evaluator.get_git_commit_hash
     report = run_eval(config)
+    assert lm_eval.evaluator.get_git_commit_hash is original  # replaced only during our calls
     text = report.read_text()
     assert (
         "tuned beats vanilla on" in text and "| vanilla | 1 |" in text and "| tuned | 2 |" in text
