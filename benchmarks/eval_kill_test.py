@@ -3,10 +3,10 @@
 One eval config is run twice, as subprocesses (``python -m refine_af.evaluation eval``):
 
 1. **reference**: uninterrupted, into ``REF/``;
-2. **killed**: started, killed with SIGKILL after a random delay (drawn uniformly from zero to
-   the reference's wall time, so kills land during start-up, model loading, generation and
-   right around a chunk's append), restarted, killed again ``--kills`` times, then run to the
-   end, into ``KILLED/``.
+2. **killed**: started and killed with SIGKILL at a random kind of moment -- during start-up
+   (up to 15 s: imports, input checks, model loading), right after a chunk was appended, or in
+   the middle of the next chunk -- restarted, killed again, ``--kills`` times (fewer if a
+   restart finishes first), then run to the end, into ``KILLED/``.
 
 It passes when every run's ``samples.jsonl`` and the report (``report.md``, ``report.json``) are
 byte-identical, every chunk log holds each task exactly once (nothing lost, nothing evaluated
@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @dataclass
 class KillReport:
-    """What happened: per kill, the delay and the chunks finished before and after it."""
+    """What happened: per kill, the moment and the chunks finished before and after it."""
 
     reference_seconds: float
     kills: list[dict] = field(default_factory=list)
@@ -58,11 +58,7 @@ class KillReport:
     def lines(self) -> list[str]:
         out = [f"reference run: {self.reference_seconds:.1f} s"]
         for i, kill in enumerate(self.kills, 1):
-            state = (
-                "finished before the kill"
-                if kill["finished"]
-                else f"killed at {kill['delay']:.1f} s"
-            )
+            state = "finished before the kill" if kill["finished"] else f"killed ({kill['moment']})"
             out.append(
                 f"attempt {i}: {state}; chunks logged {kill['chunks_before']} -> "
                 f"{kill['chunks_after']}" + (" (torn last line)" if kill["torn"] else "")
@@ -98,6 +94,24 @@ def _chunk_count(folder: Path) -> tuple[int, bool]:
     return count, torn
 
 
+def _alive_after(process: subprocess.Popen, seconds: float) -> bool:
+    """Wait ``seconds``; False if the process ended by then."""
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return True
+    return False
+
+
+def _wait_for_chunks(process: subprocess.Popen, folder: Path, target: int) -> bool:
+    """Poll until ``target`` chunks are logged; False if the process ended first."""
+    while process.poll() is None:
+        if _chunk_count(folder)[0] >= target:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def _run(command: list[str], env: dict[str, str], timeout: float) -> float:
     started = time.time()
     done = subprocess.run(
@@ -124,36 +138,43 @@ def kill_test(
     reference, killed = workdir / "reference", workdir / "killed"
     report = KillReport(_run(_command(config_path, reference), env, timeout))
     rng = random.Random(seed)
+    total_chunks, _ = _chunk_count(reference)
+    chunk_seconds = report.reference_seconds / max(total_chunks, 1)
     for _ in range(kills):
-        delay = rng.uniform(0.0, report.reference_seconds)
         before, _torn = _chunk_count(killed)
-        # A new session: the kill reaches the process and anything it started.
+        # Three kinds of moment, picked at random: during start-up (imports, config and data
+        # checks, model loading), right after a chunk was appended, and in the middle of the
+        # next chunk. Waiting for appends rather than for a fixed time keeps the kills landing
+        # however loaded the machine is.
+        moment = rng.choice(["start-up", "after append", "mid-chunk"])
         process = subprocess.Popen(
             _command(config_path, killed),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True,  # the kill reaches the process and anything it started
         )
-        try:
-            process.wait(timeout=delay)
-            finished = True
-        except subprocess.TimeoutExpired:
+        if moment == "start-up":
+            alive = _alive_after(process, rng.uniform(0.0, 15.0))
+        else:
+            alive = _wait_for_chunks(process, killed, before + 1)
+            if alive and moment == "mid-chunk":
+                alive = _alive_after(process, rng.uniform(0.0, chunk_seconds))
+        if alive:
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            finished = False
+        process.wait()
         after, torn = _chunk_count(killed)
         report.kills.append(
             {
-                "delay": delay,
-                "finished": finished,
+                "moment": moment,
+                "finished": not alive,
                 "chunks_before": before,
                 "chunks_after": after,
                 "torn": torn,
             }
         )
-        if finished:
-            break  # nothing left to interrupt
+        if not alive:
+            break  # the run finished first: nothing left to interrupt
     report.final_seconds = _run(_command(config_path, killed), env, timeout)
 
     for path in sorted(reference.rglob("*")):
@@ -188,7 +209,7 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=3, help="instances per task")
     parser.add_argument("--max-gen-toks", type=int, default=32)
     parser.add_argument("--kills", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the kill delays")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     parser.add_argument("--data", default=os.environ.get("REFINEAF_SUPERNI_DATA"))
     parser.add_argument("--keep", type=Path, default=None, help="work here and keep the files")
     args = parser.parse_args()
