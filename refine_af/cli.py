@@ -269,18 +269,25 @@ def train(config_name: str, overrides: tuple[str, ...], baseline: bool) -> None:
     "-c",
     "--config",
     "config_path",
-    default="eval_configs/default.yaml",
+    default="default",
     show_default=True,
-    help="An eval YAML (eval_configs/*.yaml).",
+    help="An eval config: a packaged name (default, paper_llama2_7b, paper_llama2_13b, "
+    "paper_mistral_7b) or a YAML path.",
 )
-@click.option("--force", is_flag=True, help="Evaluate again rows already evaluated.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Evaluate every row afresh (earlier outputs are set aside, not deleted).",
+)
 @click.argument("overrides", nargs=-1)
 @handle_errors
 def eval_command(config_path: str, overrides: tuple[str, ...], force: bool) -> None:
     """Evaluate the base model and adapters on SuperNI; write the report."""
     from refine_af.evaluation.commands import eval_command as run
 
-    click.echo(run(config_path, list(overrides), force=force))
+    line = run(config_path, list(overrides), force=force)
+    if line:  # empty in the other processes of `accelerate launch`
+        click.echo(line)
 
 
 @cli.command("eval-regression")
@@ -288,9 +295,9 @@ def eval_command(config_path: str, overrides: tuple[str, ...], force: bool) -> N
     "-c",
     "--config",
     "config_path",
-    default="eval_configs/regression.yaml",
+    default="regression",
     show_default=True,
-    help="The regression YAML.",
+    help="The regression config (a packaged name or a YAML path).",
 )
 @click.option("--update", is_flag=True, help="Rewrite the stored reference on purpose.")
 @click.argument("overrides", nargs=-1)
@@ -299,7 +306,9 @@ def eval_regression_command(config_path: str, overrides: tuple[str, ...], update
     """CI check: small deterministic SuperNI eval compared with the stored reference."""
     from refine_af.evaluation.commands import regression_command
 
-    click.echo(regression_command(config_path, list(overrides), update=update))
+    line = regression_command(config_path, list(overrides), update=update)
+    if line:
+        click.echo(line)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

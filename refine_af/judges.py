@@ -34,7 +34,7 @@ from refine_af.similarity import SimilarityIndex
 # The default near-copy threshold (configs and the ``keepable`` reward): "The Daily Grind is a
 # coffee shop" against the demonstration "The Daily Grind" scores 0.6.
 NEAR_COPY_THRESHOLD = 0.5
-INSTRUCTION_QUESTION = "Is this text an instruction for a task that someone could do?"
+INSTRUCTION_QUESTION = "Is this an instruction that asks someone to do a task?"
 INSTANCE_QUESTION = "Does the output carry out the instruction on the input?"
 
 # Few-shot examples for a causal evaluator, alternating Yes and No so the answer is not a
@@ -46,12 +46,20 @@ INSTRUCTION_SHOTS = (
     ("I am a friendly assistant and I like to help people.", False),
     ("Explain to a child why leaves change colour in autumn.", True),
     ("In 1969, two astronauts walked on the Moon.", False),
+    ("Classify the review as positive or negative.", True),
+    ("My favourite season is summer because it is warm.", False),
+    ("What are three ways to save water at home?", True),
+    ("This paragraph describes the history of the city.", False),
 )
 INSTANCE_SHOTS = (
     ("Convert the length from metres to centimetres.", "3 metres", "300 centimetres", True),
     ("Give the plural of the noun.", "mouse", "The Quiet Cafe", False),
     ("Name a fruit that is yellow.", "", "Banana", True),
     ("Summarize the sentence in three words.", "The dog ran across the park.", "Hello!", False),
+    ("Translate the word into Spanish.", "cat", "gato", True),
+    ("List three colours.", "", "I like to read books on Sundays.", False),
+    ("Reverse the letters of the word.", "stone", "enots", True),
+    ("Answer the arithmetic question.", "What is 7 times 6?", "My name is Sam.", False),
 )
 
 
@@ -77,11 +85,25 @@ class Judge:
         if not isinstance(self.scorer, (CausalYesNoScorer, T5YesNoScorer)):
             raise UserError("the judges need a Yes/No evaluator (a causal LM or UniEval's T5)")
 
-    def _causal_prompt(self, header: str, shots: list[tuple[str, bool]], item: str) -> str:
+    def _causal_prompt(self, question: str, shots: list[tuple[str, bool]], item: str) -> str:
+        """The shots as earlier turns of a chat (each question answered Yes or No), then the
+        item's question; the next token is the answer. A 135M chat model answers this form far
+        better than one turn listing the shots (AUC 0.92 against 0.42 on 44 stage-1 candidates
+        labelled by hand)."""
         assert isinstance(self.scorer, CausalYesNoScorer)
+        tokenizer = self.scorer.tokenizer
+        ask = f"{question} Answer Yes or No."
+        if self.scorer.use_chat_template and getattr(tokenizer, "chat_template", None):
+            messages = []
+            for text, label in shots:
+                messages.append({"role": "user", "content": f"{ask}\n\n{text}"})
+                messages.append({"role": "assistant", "content": _answer(label)})
+            messages.append({"role": "user", "content": f"{ask}\n\n{item}"})
+            return tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
         examples = "\n\n".join(f"{text}\nAnswer: {_answer(label)}" for text, label in shots)
-        user = f"{header} Answer Yes or No.\n\n{examples}\n\n{item}"
-        return render_chat(self.scorer.tokenizer, user, "Answer:", self.scorer.use_chat_template)
+        return render_chat(tokenizer, f"{ask}\n\n{examples}\n\n{item}", "Answer:", False)
 
     def instruction_scores(self, instructions: Sequence[str]) -> list[float]:
         """P(Yes): the text is an instruction for a task someone could do."""
@@ -93,10 +115,9 @@ class Judge:
                 for t in instructions
             ]
         else:
-            shots = [(f"Text: {text}", label) for text, label in INSTRUCTION_SHOTS]
-            header = f"For each text: {INSTRUCTION_QUESTION}"
+            shots = list(INSTRUCTION_SHOTS)
             texts = [
-                self._causal_prompt(header, shots, f"Text: {' '.join(t.split())}")
+                self._causal_prompt(INSTRUCTION_QUESTION, shots, " ".join(t.split()))
                 for t in instructions
             ]
         return self.scorer.score(texts)
@@ -118,9 +139,9 @@ class Judge:
                 )
         else:
             shots = [(_instance_text(i, x, y), label) for i, x, y, label in INSTANCE_SHOTS]
-            header = f"For each example: {INSTANCE_QUESTION}"
             texts = [
-                self._causal_prompt(header, shots, _instance_text(*item)) for item in instances
+                self._causal_prompt(INSTANCE_QUESTION, shots, _instance_text(*item))
+                for item in instances
             ]
         return self.scorer.score(texts)
 

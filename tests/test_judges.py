@@ -46,10 +46,11 @@ def test_causal_judge_prompts_are_few_shot_and_end_at_the_answer(tok) -> None:  
     judge.instruction_scores(["Sort   the list."])
     judge.instance_scores([("Add the numbers.", "2 and 3", "5")])
     scorer_prompts = scorer.asked
+    # The shots are earlier turns of the chat; the item is the last question.
     assert scorer_prompts == [
-        "Text: Sort the list.<|im_end|>\n<|im_start|>assistant\nAnswer:",
+        "Sort the list.<|im_end|>\n<|im_start|>assistant\n",
         "Instruction: Add the numbers.\nInput: 2 and 3\nOutput: 5<|im_end|>\n"
-        "<|im_start|>assistant\nAnswer:",
+        "<|im_start|>assistant\n",
     ]
 
 

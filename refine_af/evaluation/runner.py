@@ -104,9 +104,9 @@ def adapter_command(path: Path, model: str) -> str | None:
     extra = "" if run_dir == Path("runs") / config else f" run.output_dir={run_dir}"
     if model != "default":
         extra += f" run.model={model}"
-    if variant == "seeds_only":
-        return f"refineaf sft -c {config} --variant seeds_only{extra}"
-    if variant in ("baseline", "refine_af"):
+    if variant == "seeds_only" and config == "paper":  # not among the paper config's variants
+        return f"refineaf train -c {config}{extra} 'pipeline.variants=[seeds_only]'"
+    if variant in ("baseline", "refine_af", "seeds_only"):
         return f"refineaf train -c {config}{extra}"
     return None
 

@@ -138,7 +138,7 @@ def test_default_comparisons_pair_every_row_with_each_row_above_it() -> None:
 @pytest.mark.parametrize(
     ("adapter", "command"),
     [
-        ("runs/default/sft/seeds_only/adapter", "`refineaf sft -c default --variant seeds_only`"),
+        ("runs/default/sft/seeds_only/adapter", "`refineaf train -c default`"),
         ("runs/default/sft/baseline/adapter", "`refineaf train -c default`"),
         (
             "runs/paper-x/sft/refine_af/adapter",
