@@ -22,12 +22,10 @@ against the tasks it holds; the summary records how many tasks were covered.
 from __future__ import annotations
 
 import ast
-import gzip
 import hashlib
-import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,6 @@ from refine_af.errors import UserError
 
 SUPERNI_DATA_ENV = "REFINEAF_SUPERNI_DATA"
 _TOKEN = re.compile(r"[a-z0-9]+")
-_INSTANCES_PER_TASK = 100  # SuperNI evaluates Instances[:100] of each test task
 
 
 def tokens(text: str) -> list[str]:
@@ -45,7 +42,7 @@ def tokens(text: str) -> list[str]:
 
 
 def _as_list(value: Any) -> list[Any]:
-    """Fields stored as a Python-literal string in the shared JSONL (``"[{'input': ...}]"``)."""
+    """Fields stored as a Python-literal string in some JSONL copies (``"[{'input': ...}]"``)."""
     if isinstance(value, str):
         try:
             value = ast.literal_eval(value)
@@ -56,60 +53,31 @@ def _as_list(value: Any) -> list[Any]:
     return [] if value is None else [value]
 
 
-def _open_text(path: Path) -> Any:
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
-
-
-def _texts_of_examples(examples: Any) -> Iterator[str]:
-    for example in _as_list(examples):
-        if isinstance(example, dict):
-            yield str(example.get("input", ""))
-            yield str(example.get("output", ""))
-
-
 def read_superni_texts(path: Path) -> tuple[list[str], set[str]]:
-    """All test texts of a SuperNI JSONL(.gz) file or task-file directory, and the task names."""
+    """Every test text of the SuperNI test tasks a local source holds, and those tasks' names.
+
+    The source is read by the evaluation's own reader (:mod:`refine_af.evaluation.data`), so
+    decontamination sees exactly the instances the benchmark scores (the first 100 per task).
+    """
+    from refine_af.evaluation.data import DataSettings, local_task_rows
+
+    by_task = local_task_rows(DataSettings(data=str(path)))
+    if not by_task:
+        raise UserError(
+            f"SuperNI data {path} holds none of the 119 test tasks: point it at the test tasks "
+            "(a JSONL/JSONL.GZ or a directory of natural-instructions task files)"
+        )
     texts: list[str] = []
-    tasks: set[str] = set()
-    if path.is_dir():
-        files = sorted(path.glob("task*.json"))
-        if not files:
-            raise UserError(f"SuperNI directory {path} holds no task*.json files")
-        for task_file in files:
-            try:
-                task = json.loads(task_file.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, OSError) as error:
-                raise UserError(f"cannot read SuperNI task file {task_file}: {error}") from error
-            tasks.add(task_file.stem)
-            texts.extend(str(d) for d in _as_list(task.get("Definition")))
-            texts.extend(_texts_of_examples(task.get("Positive Examples")))
-            for instance in task.get("Instances", [])[:_INSTANCES_PER_TASK]:
-                texts.append(str(instance.get("input", "")))
-                texts.extend(str(o) for o in _as_list(instance.get("output")))
-        return texts, tasks
-    definitions_seen: set[str] = set()
-    with _open_text(path) as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                tasks.add(str(row["task_name"]))
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise UserError(
-                    f"{path} line {number} is not a SuperNI instance line (needs task_name, "
-                    "definition, input, outputs)"
-                ) from error
-            definition = str(row.get("definition", ""))
-            if definition not in definitions_seen:  # repeated on every line of a task
-                definitions_seen.add(definition)
-                texts.append(definition)
-                texts.extend(_texts_of_examples(row.get("positive_examples")))
+    for rows in by_task.values():
+        first = rows[0]
+        texts.extend(str(d) for d in _as_list(first.get("definition")))
+        for example in _as_list(first.get("positive_examples")):
+            if isinstance(example, dict):
+                texts.extend([str(example.get("input", "")), str(example.get("output", ""))])
+        for row in rows:
             texts.append(str(row.get("input", "")))
             texts.extend(str(o) for o in _as_list(row.get("outputs")))
-    return texts, tasks
+    return texts, set(by_task)
 
 
 def find_superni_data(configured: str | None) -> Path | None:

@@ -16,13 +16,15 @@ from refine_af.decontamination import (
 )
 from refine_af.errors import UserError
 
+# A real test task's name (the texts are made up): only the 119 test tasks are test data.
+TASK = "task670_ambigqa_question_generation"
 DEFINITION = "In this task, you are given a question about a movie and must answer it briefly."
 TEST_INPUT = "Who directed the movie about the shark that terrorised a small beach town?"
 
 
 def write_jsonl_gz(path: Path) -> Path:
     row = {
-        "task_name": "task999_movie_qa",
+        "task_name": TASK,
         "id": "task999-1",
         "definition": DEFINITION,
         "positive_examples": str([{"input": "Who played Rocky?", "output": "Sylvester Stallone"}]),
@@ -32,6 +34,12 @@ def write_jsonl_gz(path: Path) -> Path:
     with gzip.open(path, "wt", encoding="utf-8") as handle:
         handle.write(json.dumps(row) + "\n")
     return path
+
+
+def write_empty(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "task001_quoref_question_generation.json").write_text("{}")
+    return folder
 
 
 def test_ngram_overlap_and_short_texts() -> None:
@@ -45,7 +53,7 @@ def test_ngram_overlap_and_short_texts() -> None:
 
 def test_reads_shared_layout_and_task_directories(tmp_path: Path) -> None:
     texts, tasks = read_superni_texts(write_jsonl_gz(tmp_path / "data.jsonl.gz"))
-    assert tasks == {"task999_movie_qa"}
+    assert tasks == {TASK}
     assert DEFINITION in texts and TEST_INPUT in texts and "Sylvester Stallone" in texts
     folder = tmp_path / "tasks"
     folder.mkdir()
@@ -54,9 +62,13 @@ def test_reads_shared_layout_and_task_directories(tmp_path: Path) -> None:
         "Positive Examples": [{"input": "a", "output": "b"}],
         "Instances": [{"id": "x", "input": TEST_INPUT, "output": ["Steven Spielberg"]}],
     }
-    (folder / "task999_movie_qa.json").write_text(json.dumps(task))
+    (folder / f"{TASK}.json").write_text(json.dumps(task))
+    # A training task of natural-instructions in the same folder is not test data.
+    (folder / "task001_quoref_question_generation.json").write_text(json.dumps(task))
     texts, tasks = read_superni_texts(folder)
-    assert tasks == {"task999_movie_qa"} and TEST_INPUT in texts
+    assert tasks == {TASK} and TEST_INPUT in texts
+    with pytest.raises(UserError, match="holds none of the 119 test tasks"):
+        read_superni_texts(write_empty(tmp_path / "other"))
 
 
 def test_decontaminator_checks_instructions_and_instances(tmp_path: Path) -> None:

@@ -303,6 +303,11 @@ def _raw_rows(task: str, settings: DataSettings) -> list[dict[str, Any]]:
     return [dict(row) for row in _read_jsonl(str(path), path.stat().st_mtime_ns)[task]]
 
 
+def local_task_rows(settings: DataSettings) -> dict[str, list[dict[str, Any]]]:
+    """Every test task a local source holds, with its rows (what decontamination checks)."""
+    return {task: _raw_rows(task, settings) for task in available_tasks(settings) or []}
+
+
 def check_ids(task: str, rows: list[dict[str, Any]], official: tuple[Reference, ...]) -> None:
     """Raise unless the rows' ids are exactly the official ids of ``task``, in order."""
     got = [row["id"] for row in rows]
