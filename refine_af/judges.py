@@ -13,11 +13,11 @@ whose P(Yes) is below the configured threshold is dropped and counted under its 
 * stage 3 (``generate_instances.output_judge``): "does the output carry out the instruction on
   the input?".
 
-A causal evaluator gets a short few-shot prompt (a 135M model answers a bare question close to
-chance); UniEval (a T5 trained on Boolean questions) gets its own ``question: ... </s> response:
-...`` form. :class:`NearCopy` is the test for a near-copy of a demonstration: ROUGE-L F (Self-
-Instruct's tokenization, no stemming) above a threshold against any demonstration text shown in
-that prompt. All are off in the ``paper`` config, which keeps the paper's filters only.
+A causal evaluator gets a few-shot chat (a 135M model answers a bare question close to chance);
+UniEval (a T5 trained on Boolean questions) gets its own ``question: ... </s> response: ...``
+form. :class:`NearCopy` is the test for a near-copy of a demonstration: ROUGE-L (recall of the
+demonstration) above a threshold against any demonstration text shown in that prompt. All are
+off in the ``paper`` config, which keeps the paper's filters only.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from typing import Any
 from refine_af.errors import UserError
 from refine_af.prompts import render_chat
 from refine_af.scorers import CausalYesNoScorer, Scorer, T5YesNoScorer
-from refine_af.similarity import SimilarityIndex
+from refine_af.similarity import SimilarityIndex, lcs_length
 
-# The default near-copy threshold (configs and the ``keepable`` reward): "The Daily Grind is a
-# coffee shop" against the demonstration "The Daily Grind" scores 0.6.
+# The default near-copy threshold (configs and the ``keepable`` reward): more than half of a
+# demonstration's words, in order ("Beverly's Daily Grind" repeats 2 of "The Daily Grind"'s 3).
 NEAR_COPY_THRESHOLD = 0.5
 INSTRUCTION_QUESTION = "Is this an instruction that asks someone to do a task?"
 INSTANCE_QUESTION = "Does the output carry out the instruction on the input?"
@@ -207,15 +207,32 @@ def judge_identity(config: Any) -> dict[str, Any]:
 
 
 class NearCopy:
-    """Is a text a near-copy of one of the given demonstrations? ROUGE-L F above ``threshold``
-    with any demonstration of two or more words (one-word ones are labels such as "Positive",
-    which a new instance may rightly repeat)."""
+    """Is a text a near-copy of one of the given demonstrations?
+
+    The measure is ROUGE-L recall of the demonstration: the longest common subsequence of
+    words over the demonstration's length (``rouge_score``'s ``recall`` with the demonstration
+    as target; Self-Instruct's tokenization, no stemming). Recall, not F: a small model copies a
+    demonstration into a longer answer ("The Daily Grind is a coffee shop that ...") as often as
+    on its own, and F falls with the answer's length. One-word demonstrations are left out
+    (they are labels such as "Positive", which a new instance may rightly repeat).
+    """
 
     def __init__(self, demonstrations: Sequence[str], threshold: float) -> None:
-        self.index = SimilarityIndex(threshold)
-        for text in demonstrations:
-            if len(self.index.tokenize(text)) >= 2:
-                self.index.add(text)
+        self.threshold = threshold
+        tokenizer = SimilarityIndex().tokenize
+        self.tokenize = tokenizer
+        self.demonstrations = [
+            tokens for tokens in (tokenizer(text) for text in demonstrations) if len(tokens) >= 2
+        ]
+
+    def recall(self, text: str) -> float:
+        """The highest ROUGE-L recall of any demonstration in ``text``."""
+        words = self.tokenize(text)
+        if not words:
+            return 0.0
+        return max(
+            (lcs_length(demo, words) / len(demo) for demo in self.demonstrations), default=0.0
+        )
 
     def __call__(self, text: str) -> bool:
-        return bool(text.strip()) and self.index.is_too_similar(text)
+        return self.recall(text) > self.threshold

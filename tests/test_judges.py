@@ -81,15 +81,18 @@ def test_near_copy_agrees_with_rouge_score() -> None:
     words = "the daily grind coffee shop bean there degrees celsius fahrenheit new cafe 25 77"
     words = words.split()
     rng = random.Random(0)
-    texts = [" ".join(rng.choices(words, k=rng.randint(1, 7))) for _ in range(400)]
+    texts = [" ".join(rng.choices(words, k=rng.randint(1, 12))) for _ in range(400)]
     texts += ["The Daily Grind is a coffee shop", "Beverly's Daily Grind", "Bella's Bistro"]
     for threshold in (0.3, 0.5, 0.7):
         test = NearCopy(demonstrations, threshold)
         for text in texts:
-            expected = any(scorer.score(d, text)["rougeL"].fmeasure > threshold for d in long_ones)
-            assert test(text) == expected, (threshold, text)
+            # rouge_score's recall with the demonstration as the target.
+            recalls = [scorer.score(d, text)["rougeL"].recall for d in long_ones]
+            assert test.recall(text) == pytest.approx(max(recalls), abs=1e-12)
+            assert test(text) == (max(recalls) > threshold), (threshold, text)
     test = NearCopy(demonstrations, 0.5)
-    assert test("The Daily Grind is a coffee shop") and test("Beverly's Daily Grind")
+    assert test("The Daily Grind is a coffee shop that makes the best coffee in town.")
+    assert test("Beverly's Daily Grind")
     assert not test("Bella's Bistro") and not test("Positive")  # a one-word label is no copy
 
 
