@@ -164,3 +164,23 @@ def test_output_judge_and_near_copies_in_stage_3(tok) -> None:  # type: ignore[n
     }
     judged = {t["id"]: t["candidates"][0].get("judge") for t in batch["tasks"]}
     assert judged == {"alpha": 0.8, "beta": 0.2, "gamma": None, "delta": 0.5}
+
+
+def test_the_judge_shares_the_untuned_models_weights(
+    tiny_model_dir: Path, tokenizer_dir: Path
+) -> None:
+    from refine_af.generation import TransformersBackend
+    from refine_af.judges import load_judge
+    from refine_af.models import load_model_and_tokenizer
+    from refine_af.train_config import load_config
+
+    model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")
+    backend = TransformersBackend(model, tokenizer)
+    same = load_config("default", [f"run.model={tiny_model_dir}", f"rl.evaluator={tiny_model_dir}"])
+    judge = load_judge(same, reuse=backend)
+    assert judge.scorer.model is model  # one copy of the weights, not two
+    assert judge.scorer.tokenizer.truncation_side == "left" and tokenizer.truncation_side == "right"
+    scores = judge.instruction_scores(["Sort the list.", "The sky is blue."])
+    assert all(0.0 < s < 1.0 for s in scores)
+    # Without a backend to share (the RL-tuned writer's), the evaluator loads on its own.
+    assert load_judge(same).scorer.model is not model

@@ -61,6 +61,8 @@ def train(run: Path, model: Path, seeds: Path, *extra: str) -> str:
         f"generate_instructions.seed_tasks={seeds}",
         "generate_instructions.num_instructions=6",
         "generate_instructions.prompts_per_batch=4",
+        "generate_instructions.instruction_judge=null",  # the scripted model is no judge
+        "generate_instances.output_judge=null",
         "generate_instances.decontaminate=false",
         "sft.max_steps=1",
         "sft.per_device_train_batch_size=4",
@@ -132,7 +134,11 @@ def test_interrupted_stage_resumes(
 
     monkeypatch.setattr("refine_af.generation.make_backend", lambda *a, **k: Failing())
     run = tmp_path / "run"
-    args = ["generate_instances.instructions_per_batch=2"]
+    args = [
+        "generate_instances.instructions_per_batch=2",
+        "generate_instructions.instruction_judge=null",
+        "generate_instances.output_judge=null",
+    ]
     result = CliRunner().invoke(
         cli,
         [

@@ -173,6 +173,7 @@ def make_run(tmp: Path, tiny_model_dir: Path, n: int = 7, *overrides: str) -> tu
         [
             f"run.output_dir={tmp}",
             f"run.model={tiny_model_dir}",
+            "generate_instances.output_judge=null",  # Self-Instruct's filters here
             "generate_instances.instructions_per_batch=2",
             "generate_instances.decontaminate=false",
             *overrides,

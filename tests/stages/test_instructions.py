@@ -69,6 +69,7 @@ def make_config(run: Path, seed_tasks: Path, target: int, *extra: str):  # type:
             f"generate_instructions.seed_tasks={seed_tasks}",
             f"generate_instructions.num_instructions={target}",
             "generate_instructions.prompts_per_batch=4",
+            "generate_instructions.instruction_judge=null",  # Self-Instruct's filters here
             *extra,
         ],
     )
