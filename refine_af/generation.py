@@ -46,6 +46,7 @@ class GenerationTiming:
     """Where a backend's time went, summed over its ``generate`` calls (fast path only)."""
 
     prompt_tokens: int = 0
+    prefill_rows: int = 0  # prompts run through the model (a repeated prompt counts once)
     new_tokens: int = 0
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
@@ -89,7 +90,7 @@ class TransformersBackend:
     The default path (``fast=True``) is a hand-written decode loop rather than ``model.generate``,
     because on a CPU ``generate`` spends most of its time on work other than the model's:
 
-    * the KV cache is preallocated for prompt + ``max_new_tokens`` and written in place
+    * the KV cache is written in place, prefill included, and grows in chunks
       (:mod:`refine_af.kv_cache`); transformers' dynamic cache re-copies the whole cache with
       ``torch.cat`` every step;
     * a row that emits EOS, a stop string or its last allowed token is finished at once, and
@@ -99,7 +100,7 @@ class TransformersBackend:
     * sampling draws among the top-k logits only (``generate``'s distribution, see ``_sample``);
     * prompts are pre-filled in groups of similar length (prompts sorted longest first, a group
       ends when padding would exceed ``max_prefill_padding`` of its tokens or ``prefill_tokens``),
-      then copied, left-padded, into the one decode cache;
+      each group writing, left-padded, into its rows of the one decode cache;
     * only the last position's logits are computed (``logits_to_keep=1``), and the
       presence-penalty mask is kept incrementally.
 
@@ -234,11 +235,31 @@ class TransformersBackend:
     def _prefill(self, rows: list[list[int]], capacity: int) -> tuple[Any, Any, Any]:
         """Run the prompts (longest first) through the model; return logits, cache, mask.
 
-        Rows are pre-filled in groups of similar length; each group's keys and values are copied,
-        left padded, into one preallocated cache with room for ``capacity`` positions.
+        A prompt that comes several times (stage 2 samples each prompt ``num_generations`` times)
+        is run once and its keys and values copied to its other rows.
         """
         import torch
-        from transformers import DynamicCache
+
+        distinct: dict[tuple[int, ...], int] = {}
+        first_of = [distinct.setdefault(tuple(ids), len(distinct)) for ids in rows]
+        if len(distinct) == len(rows):
+            return self._prefill_distinct(rows, capacity)
+        logits, cache, mask = self._prefill_distinct([list(ids) for ids in distinct], capacity)
+        index = torch.tensor(first_of, device=logits.device)
+        for layer in cache.layers:
+            layer.select_rows(index)
+        return logits[index], cache, mask[index]
+
+    def _prefill_distinct(self, rows: list[list[int]], capacity: int) -> tuple[Any, Any, Any]:
+        """:meth:`_prefill` for rows that all differ.
+
+        Rows are pre-filled in groups of similar length; each group writes its keys and values,
+        left padded, straight into the decode cache, which starts with room for ``capacity``
+        positions and grows as rows need more (:mod:`refine_af.kv_cache`).
+        """
+        import torch
+
+        from refine_af.kv_cache import preallocated_cache, window
 
         device = self.model.device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -256,10 +277,11 @@ class TransformersBackend:
                     continue
             groups.append([row])
 
+        self.timing.prefill_rows += len(rows)
         width = max(len(ids) for ids in rows)
+        cache = preallocated_cache(self.model, len(rows), capacity)
         mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
         logits: list[Any] = []
-        cache: Any = None
         first = 0  # the group's first row in the batch
         for group in groups:
             group_width = len(rows[group[0]])
@@ -273,25 +295,17 @@ class TransformersBackend:
             input_ids, group_mask = input_ids.to(device), group_mask.to(device)
             # generate's position ids: count real tokens, padding at 0.
             positions = (group_mask.cumsum(-1) - 1).masked_fill(group_mask == 0, 0)
-            group_cache = DynamicCache(config=self.model.config)
+            rows_here, left = slice(first, first + len(group)), width - group_width
             out = self.model(
                 input_ids=input_ids,
                 attention_mask=group_mask,
                 position_ids=positions,
-                past_key_values=group_cache,
+                past_key_values=window(cache, rows_here, left),
                 use_cache=True,
                 logits_to_keep=1,
             )
             logits.append(out.logits[:, -1].to(dtype=torch.float32))
-            if cache is None:
-                from refine_af.kv_cache import preallocated_cache
-
-                cache = preallocated_cache(group_cache, len(rows), capacity)
-            rows_here, left = slice(first, first + len(group)), width - group_width
-            for target, source in zip(cache.layers, group_cache.layers, strict=True):
-                target.key_buffer[rows_here, :, left:width] = source.keys
-                target.value_buffer[rows_here, :, left:width] = source.values
-            mask[first : first + len(group), width - group_width :] = group_mask
+            mask[rows_here, left:] = group_mask
             first += len(group)
         for layer in cache.layers:
             layer.set_length(width)
@@ -337,7 +351,11 @@ class TransformersBackend:
 
         width = max(len(ids) for ids in rows)
         started = time.perf_counter()
-        logits, cache, prompt_mask = self._prefill(rows, width + params.max_new_tokens)
+        from refine_af.kv_cache import GROWTH
+
+        # Room for a few new tokens; the cache grows for the rows that write more.
+        capacity = width + min(params.max_new_tokens, GROWTH)
+        logits, cache, prompt_mask = self._prefill(rows, capacity)
         prefilled = time.perf_counter()
         # The mask for every position the batch can reach; each step uses its first columns.
         mask = torch.cat([prompt_mask, prompt_mask.new_ones((len(rows), params.max_new_tokens))], 1)

@@ -27,8 +27,9 @@ code runs only when ``trust_remote_code`` is set.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -104,6 +105,11 @@ class CausalYesNoScorer:
     max_length: int = 512
     use_chat_template: bool = True
     log_odds: bool = False
+    # Entered around every forward pass: stage 2 shares one copy of the weights between the
+    # policy and a scorer of the same model, and scores with the policy's adapter switched off.
+    base_weights: Callable[[], contextlib.AbstractContextManager[Any]] = field(
+        default=contextlib.nullcontext, repr=False
+    )
     yes_ids: list[int] = field(init=False)
     no_ids: list[int] = field(init=False)
 
@@ -142,7 +148,7 @@ class CausalYesNoScorer:
                 max_length=self.max_length,
                 add_special_tokens=False,
             ).to(device)
-            with torch.inference_mode():
+            with self.base_weights(), torch.inference_mode():
                 # Left padding: the last position is every row's real next-token position, and
                 # the only one whose logits are needed (the vocabulary projection of the others
                 # would cost a fifth of the forward pass and a 49k-wide row per token).

@@ -72,6 +72,28 @@ def test_fast_greedy_equals_generate(tiny_model_dir: Path, padding: float) -> No
     assert [fast.generate([p], greedy)[0] for p in PROMPTS] == expected
 
 
+def test_cache_growth_changes_no_answer(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decode cache starts with room for one new position and grows as rows write more."""
+    import refine_af.kv_cache as kv_cache
+
+    monkeypatch.setattr(kv_cache, "GROWTH", 1)
+    fast, reference = _backends(tiny_model_dir, batch_size=3)
+    greedy = SamplingParams(max_new_tokens=12, temperature=0.0)
+    assert fast.generate(PROMPTS, greedy) == reference.generate(PROMPTS, greedy)
+
+
+def test_repeated_prompts_are_prefilled_once(tiny_model_dir: Path) -> None:
+    """Stage 2 samples each prompt several times: one prefill, the same answers."""
+    fast, reference = _backends(tiny_model_dir, batch_size=8)
+    prompts = [PROMPTS[2], PROMPTS[0], PROMPTS[2], PROMPTS[2], PROMPTS[0], PROMPTS[3]]
+    greedy = SamplingParams(max_new_tokens=8, temperature=0.0)
+    assert fast.generate(prompts, greedy) == reference.generate(prompts, greedy)
+    distinct = {tuple(ids) for ids in fast.tokenizer(prompts)["input_ids"]}
+    assert fast.timing.prefill_rows == len(distinct) == 3
+
+
 # Batch 4: every finished row leaves the batch at once; batch 10: finished rows ride along until
 # a quarter of the batch has finished, then leave together.
 @pytest.mark.parametrize("batch_size", [4, 10])

@@ -197,6 +197,7 @@ def test_scores_equal_what_stage_2_logged(
         f"rl.evaluator={tiny_model_dir}",
         "rl.max_steps=1",
         "rl.per_device_train_batch_size=4",
+        "rl.trainer_args.gradient_accumulation_steps=1",
         "rl.num_generations=2",
         "rl.max_completion_length=8",
         "rl.lora_r=4",

@@ -26,6 +26,7 @@ loads its own scorers on its own GPU (``rl.scorer_device=auto``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -501,6 +502,23 @@ def build_trainer(
     )
 
 
+@contextlib.contextmanager
+def untuned(trainer: Any) -> Iterator[None]:
+    """The trainer's policy as it was loaded: LoRA adapter off, evaluation mode."""
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    training = policy.training
+    policy.eval()
+    try:
+        with policy.disable_adapter():
+            yield
+    finally:
+        policy.train(training)
+
+
+def torch_device_type(device: str) -> str:
+    return device.split(":")[0]
+
+
 def last_checkpoint(folder: Path) -> Path | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -605,6 +623,7 @@ class RLRecipe:
                 on_gpu = self.placement.device != "cpu"
                 device = str(PartialState().device) if on_gpu else "cpu"
             scorers = load_scorers(self.config, device)
+        self.scorers = scorers
         model = weighted_rewards(self.config, scorers)
         self.rewards = TRLRewards(model, make_sample_sink(self.samples_path, self.is_main))
         # TRL gets the weights in the order of the reward functions.
@@ -621,7 +640,13 @@ class RLRecipe:
         if self.is_main:
             self._trim_logs(checkpoint)
         transformers.set_seed(self.config.run.seed)  # the LoRA initialisation and all after it
-        model = load_causal_lm(self.model_path, self.placement, self.config.run.trust_remote_code)
+        shared = self._scorers_of_the_policy()
+        if shared:
+            model = shared[0].model  # one copy of the weights for the policy and its scorers
+        else:
+            model = load_causal_lm(
+                self.model_path, self.placement, self.config.run.trust_remote_code
+            )
         if model.generation_config is not None:
             model.generation_config.pad_token_id = self.tokenizer.pad_token_id
         self.trainer = build_trainer(
@@ -633,10 +658,35 @@ class RLRecipe:
             self.arguments,
             [make_metrics_callback(self.metrics_path), progress_callback(status)],
         )
+        for scorer in shared:
+            scorer.base_weights = functools.partial(untuned, self.trainer)
         shown = {"reward_combined": "reward", "format_penalty_rate": "format fail", "kl": "kl"}
         use_step_progress(self.trainer, "RL steps", shown)
         self.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         self.resumed_from = checkpoint
+
+    def _scorers_of_the_policy(self) -> list[Any]:
+        """The causal scorers that load the policy's own model with its dtype and device.
+
+        The offline default asks the untuned SmolLM2 for every score: rather than a second copy
+        of its weights, the policy's are used with the LoRA adapter switched off (``untuned``).
+        """
+        from refine_af.scorers import CausalYesNoScorer
+
+        policy_path = Path(self.model_path).resolve()
+        shared = []
+        for scorer in self.scorers:
+            if not isinstance(scorer, CausalYesNoScorer):
+                continue
+            model = scorer.model
+            same_weights = Path(str(getattr(model, "name_or_path", ""))).resolve() == policy_path
+            same_placement = (
+                model.dtype == self.placement.dtype
+                and model.device.type == torch_device_type(self.placement.device)
+            )
+            if same_weights and same_placement and all(s.model is model for s in shared):
+                shared.append(scorer)
+        return shared
 
     def _trim_logs(self, checkpoint: Path | None) -> None:
         """Logs hold what the checkpoint holds: steps after it will be logged again."""

@@ -34,6 +34,7 @@ def make_config(run_path: Path, model_dir: Path, *overrides: str):
             f"rl.evaluator={model_dir}",
             "rl.max_steps=1",
             "rl.per_device_train_batch_size=4",
+            "rl.trainer_args.gradient_accumulation_steps=1",
             "rl.num_generations=2",
             "rl.max_completion_length=8",
             "rl.save_steps=1",
@@ -192,6 +193,40 @@ def test_train_steps_move_the_adapter_and_resume(tmp_path, tiny_model_dir, monke
         rl.run(other, run_dir, resume=True, scorers=scorers)
 
 
+def test_policy_and_scorers_share_one_copy_of_the_weights(tmp_path, tiny_model_dir, monkeypatch):
+    """Scorers of the policy's own model score with the untuned weights: the adapter is off."""
+    import contextlib
+
+    from refine_af import rewards
+    from refine_af.scorers import ScorerLoader, ScorerSettings
+
+    # Any non-empty text is an output, so the scores vary and the adapter moves (as above).
+    monkeypatch.setattr(
+        rewards, "parse_instance", lambda text: ParsedInstance("", text) if text.strip() else None
+    )
+    built, loaded = [], []
+    original_build, original_load = rl.build_trainer, rl.load_scorers
+    monkeypatch.setattr(
+        rl, "build_trainer", lambda *a, **k: built.append(original_build(*a, **k)) or built[-1]
+    )
+    monkeypatch.setattr(
+        rl, "load_scorers", lambda *a, **k: loaded.append(original_load(*a, **k)) or loaded[-1]
+    )
+    write_instructions(tmp_path)
+    config = make_config(tmp_path, tiny_model_dir, "rl.learning_rate=0.5")
+    rl.run(config, RunDirectory(tmp_path))
+    reward_model, evaluator = loaded[0]
+    policy = built[0].model
+    assert reward_model.model is evaluator.model is policy.get_base_model()
+
+    settings = ScorerSettings(f"causal:{tiny_model_dir}", str(tiny_model_dir), "causal")
+    fresh = ScorerLoader(settings).evaluator()
+    texts = [evaluator.prompt("Is this fluent?", "Hello there.", "Say hello.")] * 2
+    assert evaluator.score(texts) == pytest.approx(fresh.score(texts), abs=1e-6)
+    evaluator.base_weights = contextlib.nullcontext  # the trained adapter scores differently
+    assert evaluator.score(texts) != pytest.approx(fresh.score(texts), abs=1e-6)
+
+
 def test_rollout_gives_one_completion_per_prompt_as_trl_tokenizes(tiny_model_dir):
     from types import SimpleNamespace
 
@@ -292,6 +327,7 @@ def test_two_cpu_processes_with_accelerate_launch(tmp_path, tiny_model_dir):
         f"rl.evaluator={tiny_model_dir}",
         "rl.max_steps=2",
         "rl.per_device_train_batch_size=4",
+        "rl.trainer_args.gradient_accumulation_steps=1",
         "rl.num_generations=2",
         "rl.max_completion_length=8",
         "rl.save_steps=1",
