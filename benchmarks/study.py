@@ -38,6 +38,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 SETTINGS: dict[str, list[str]] = {
     "judges": [],
     "paper": [
@@ -102,6 +103,22 @@ def eval_config(out: Path, seeds: list[int], limit: int) -> Path:
     return path
 
 
+def copies_kept(run: Path, variant: str) -> int | None:
+    """Kept instances whose input or output holds a demonstration of the instance prompts
+    (ROUGE-L recall > 0.5, the default near-copy test), whether or not the filter was on."""
+    from refine_af.judges import NEAR_COPY_THRESHOLD, NearCopy
+    from refine_af.prompts import INSTANCE_DEMONSTRATION_TEXTS
+    from refine_af.storage import read_records
+
+    path = run / "instances" / variant / "instances.jsonl"
+    if not path.is_file():
+        return None
+    test = NearCopy(INSTANCE_DEMONSTRATION_TEXTS, NEAR_COPY_THRESHOLD)
+    return sum(
+        1 for row in read_records(path) if test(row.get("output", "")) or test(row.get("input", ""))
+    )
+
+
 def data_counts(run: Path) -> dict[str, object]:
     card = json.loads((run / "data_card.json").read_text())
     instructions = card.get("instructions") or {}
@@ -115,6 +132,7 @@ def data_counts(run: Path) -> dict[str, object]:
         counts[f"{variant}: instances kept"] = summary.get("kept")
         counts[f"{variant}: near copies dropped"] = dropped.get("near_copy_of_demonstration", 0)
         counts[f"{variant}: not carried out (judge)"] = dropped.get("not_carried_out", 0)
+        counts[f"{variant}: kept copies of a demonstration"] = copies_kept(run, variant)
     return counts
 
 

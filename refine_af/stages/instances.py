@@ -106,8 +106,9 @@ class InstanceGenerationConfig:
     )
     near_copy_threshold: float | None = help_field(
         None,
-        "Drop an instance whose input or output has ROUGE-L F above this with a demonstration "
-        "shown in its prompt (e.g. 0.5); null: only exact copies are dropped (Self-Instruct).",
+        "Drop an instance whose input or output holds a demonstration shown in its prompt: "
+        "ROUGE-L recall of the demonstration above this (e.g. 0.5); null: only exact copies are "
+        "dropped (Self-Instruct).",
     )
     output_judge: float | None = help_field(
         None,
