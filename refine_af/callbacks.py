@@ -8,12 +8,16 @@ from refine_af.run_dir import StageRecord
 
 
 def progress_callback(status: StageRecord | None) -> Any:
-    """A ``TrainerCallback`` recording progress in ``status.json`` after every optimizer step,
-    so a killed run's time is counted up to its last step."""
+    """A ``TrainerCallback`` run after every optimizer step: it records progress in
+    ``status.json`` (a killed run's time is counted up to its last step) and returns the step's
+    freed heap to the system (the resident size would otherwise creep up step by step)."""
     from transformers import TrainerCallback
+
+    from refine_af.models import trim_heap
 
     class RecordProgress(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            trim_heap()
             if status is not None and state.is_world_process_zero:
                 status.progress()
 

@@ -156,6 +156,8 @@ class TransformersBackend:
         """``run`` on batches of indices, longest prompts first; results in the input order."""
         import torch
 
+        from refine_af.models import trim_heap
+
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         results: list[list[int]] = [[] for _ in lengths]
         for start in range(0, len(order), self.batch_size):
@@ -163,6 +165,7 @@ class TransformersBackend:
             with torch.inference_mode():
                 for index, ids in zip(batch, run(batch), strict=True):
                     results[index] = ids
+            trim_heap()  # the batch's cache is freed: give it back before the next one
         return results
 
     # -- the reference path: plain ``model.generate`` ------------------------------------------

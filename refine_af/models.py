@@ -279,7 +279,6 @@ def lora_config(r: int, alpha: int, dropout: float, target_modules: list[str]) -
 
 def release_memory() -> None:
     """Give freed model memory back before the next stage loads its own models."""
-    import ctypes
     import gc
 
     import torch
@@ -287,7 +286,17 @@ def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    # glibc keeps freed heap pages mapped; malloc_trim returns them to the system, so the next
-    # stage starts from a small resident size instead of the last stage's peak.
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Return freed heap pages to the system.
+
+    glibc keeps them mapped, so a process's resident size stays at its highest point and drifts
+    up as training steps allocate in new places (stage 2 gained ~0.7 GB over a few steps). Called
+    between stages and after each training step.
+    """
+    import ctypes
+
     with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): no trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
