@@ -94,6 +94,8 @@ def eval_config(out: Path, seeds: list[int], limit: int) -> Path:
         **packaged,
         "rows": rows,
         "limit": limit,
+        # One lm-eval call for all tasks: per-call start-up dominated small evals.
+        "tasks_per_chunk": len(packaged["tasks"]),
         "output_dir": str(out / "eval"),
     }
     path = out / "eval.yaml"
