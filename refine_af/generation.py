@@ -342,6 +342,8 @@ class TransformersBackend:
         """New token ids per row (ending with the EOS id when EOS ended it)."""
         import torch
 
+        from refine_af.kv_cache import GROWTH
+
         if params.max_new_tokens < 1:
             return [[] for _ in rows]
         device = self.model.device
@@ -354,8 +356,6 @@ class TransformersBackend:
 
         width = max(len(ids) for ids in rows)
         started = time.perf_counter()
-        from refine_af.kv_cache import GROWTH
-
         # Room for a few new tokens; the cache grows for the rows that write more.
         capacity = width + min(params.max_new_tokens, GROWTH)
         logits, cache, prompt_mask = self._prefill(rows, capacity)

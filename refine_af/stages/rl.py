@@ -515,8 +515,14 @@ def untuned(trainer: Any) -> Iterator[None]:
         policy.train(training)
 
 
-def torch_device_type(device: str) -> str:
-    return device.split(":")[0]
+def same_device(model: Any, device: str) -> bool:
+    """Is ``model`` on ``device`` ("cuda" meaning the current GPU, as a load there would be)?"""
+    import torch
+
+    wanted = torch.device(device)
+    if wanted.type == "cuda" and wanted.index is None:
+        wanted = torch.device("cuda", torch.cuda.current_device())
+    return model.device == wanted
 
 
 def last_checkpoint(folder: Path) -> Path | None:
@@ -680,9 +686,8 @@ class RLRecipe:
                 continue
             model = scorer.model
             same_weights = Path(str(getattr(model, "name_or_path", ""))).resolve() == policy_path
-            same_placement = (
-                model.dtype == self.placement.dtype
-                and model.device.type == torch_device_type(self.placement.device)
+            same_placement = model.dtype == self.placement.dtype and same_device(
+                model, self.placement.device
             )
             if same_weights and same_placement and all(s.model is model for s in shared):
                 shared.append(scorer)
