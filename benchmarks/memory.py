@@ -8,6 +8,7 @@ through: ``REFINEAF_SEED_TASKS``, ``REFINEAF_SUPERNI_DATA``, ``REFINEAF_SHARED_D
     python benchmarks/memory.py --only rl,eval   # some stages (each needs the earlier ones' files)
     python benchmarks/memory.py --env MALLOC_ARENA_MAX=2 --env OMP_NUM_THREADS=1
     python benchmarks/memory.py --only rl --set rl.gradient_accumulation_steps=4 ...
+    python benchmarks/memory.py --quick --only train,eval --reference 4bd5407   # before/after
 
 Every stage of ``refineaf train -c default`` (generate-instructions, rl, generate-instances and
 sft for both variants) runs as its own ``refineaf`` process in a fresh temporary run directory,
@@ -15,7 +16,10 @@ then ``refineaf eval`` on the eval config (``--eval-config``; by default its ``v
 only, ``--eval-rows all`` adds a row for each adapter the run just trained), then the whole
 ``refineaf train -c default`` once more in one process in another fresh directory. The commands
 are this checkout's (``python -c 'from refine_af.cli import cli; cli()' ...`` with this
-checkout first on ``PYTHONPATH``).
+checkout first on ``PYTHONPATH``). ``--reference REV`` also checks out git revision ``REV`` into a
+temporary worktree and runs every selected process with that code too, right before this
+checkout's, so "before" and "after" come from one run on the same machine at nearly the same
+load; the last table puts each pair side by side.
 
 Per process it prints the peak resident set size (``ru_maxrss`` of that child, from
 ``os.wait4``), the wall time, the time at which the resident size first came within 2% of the
@@ -142,14 +146,19 @@ def current_rss(pid: int) -> tuple[int, int, int] | None:
 
 
 def run_measured(
-    name: str, command: list[str], env: dict[str, str], log: Path, interval: float
+    name: str,
+    command: list[str],
+    env: dict[str, str],
+    log: Path,
+    interval: float,
+    cwd: Path = REPO,
 ) -> Measurement:
     """Run ``command`` to its end; its own peak RSS comes from ``os.wait4``."""
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     with log.open("w") as output:
         process = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT
+            command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT
         )
         samples: list[tuple[float, int]] = []
         events: list[tuple[float, int, str]] = []
@@ -199,19 +208,33 @@ def run_measured(
     )
 
 
+@dataclass(frozen=True)
+class Checkout:
+    """A copy of the code to measure: its ``refineaf`` runs from ``path`` with ``path`` first on
+    ``PYTHONPATH`` (not whichever refine_af is installed)."""
+
+    label: str
+    path: Path
+
+    def environment(self, base: dict[str, str]) -> dict[str, str]:
+        env = dict(base)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.path), env.get("PYTHONPATH")]))
+        return env
+
+
 def cli_command(*args: str) -> list[str]:
-    """This checkout's ``refineaf`` (not whichever one is installed)."""
+    """``refineaf`` of the checkout the process runs in (its directory is first on the path)."""
     code = "import sys; from refine_af.cli import cli; sys.exit(cli())"
     return [sys.executable, "-c", code, *args]
 
 
-def packaged_config_keys(env: dict[str, str]) -> set[str]:
+def packaged_config_keys(env: dict[str, str], cwd: Path = REPO) -> set[str]:
     """Dotted keys of ``refineaf show-config -c default`` (to pick the quick overrides' names)."""
     import yaml
 
     shown = subprocess.run(
         cli_command("show-config", "-c", "default"),
-        cwd=REPO,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -230,8 +253,8 @@ def packaged_config_keys(env: dict[str, str]) -> set[str]:
     return keys
 
 
-def quick_overrides(env: dict[str, str]) -> list[str]:
-    keys = packaged_config_keys(env)
+def quick_overrides(env: dict[str, str], cwd: Path = REPO) -> list[str]:
+    keys = packaged_config_keys(env, cwd)
     chosen = []
     for names, value in QUICK:
         found = next((n for n in names if n in keys), None)
@@ -294,6 +317,48 @@ def stage_table(m: Measurement) -> str:
     return "\n".join(lines)
 
 
+def comparison(measurements: list[Measurement], labels: tuple[str, str]) -> str:
+    """Each process of the reference next to the same process of this checkout."""
+    before, after = labels
+    by_name = {m.name: m for m in measurements}
+    lines = [
+        f"| process | peak RSS {before} (MB) | peak RSS {after} (MB) | after / before "
+        f"| wall {before} (s) | wall {after} (s) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for m in measurements:
+        if not m.name.startswith(f"{before}: "):
+            continue
+        process = m.name.removeprefix(f"{before}: ")
+        other = by_name.get(f"{after}: {process}")
+        if other is None:
+            continue
+        lines.append(
+            f"| {process} | {m.peak_bytes / MB:,.0f} | {other.peak_bytes / MB:,.0f} | "
+            f"{other.peak_bytes / m.peak_bytes:.2f} | {m.seconds:.0f} | {other.seconds:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def reference_worktree(revision: str, scratch: Path) -> Checkout:
+    """Revision ``revision`` of this repository, checked out (detached) under ``scratch``."""
+    target = scratch / "reference"
+    try:
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(target), revision],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    except subprocess.CalledProcessError as error:
+        raise SystemExit(f"cannot check out {revision}: {error.stderr.strip()}") from error
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=target, capture_output=True, text=True
+    ).stdout.strip()
+    return Checkout(f"before ({commit})", target)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings (QUICK)")
@@ -310,6 +375,12 @@ def main() -> int:
         "--set", dest="train_set", action="append", default=[], help="train config override"
     )
     parser.add_argument("--eval-set", action="append", default=[], help="eval config override")
+    parser.add_argument(
+        "--reference",
+        default=None,
+        metavar="REV",
+        help="also measure git revision REV (e.g. a commit before a change), process by process",
+    )
     parser.add_argument("--interval", type=float, default=0.5, help="RSS sampling period (s)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--no-references", action="store_true", help="skip import/load rows")
@@ -320,34 +391,44 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown stages {unknown}; choose from {STAGES}")
 
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    base_env = dict(os.environ)
+    base_env.setdefault("TOKENIZERS_PARALLELISM", "false")
     for item in args.env:
         key, _, value = item.partition("=")
-        env[key] = value
+        base_env[key] = value
 
     sys.path.insert(0, str(REPO))
     from refine_af.models import resolve_model_path
 
     model_dir = Path(resolve_model_path("default"))
     weights = fp32_weight_bytes(model_dir)
-    overrides = (quick_overrides(env) if args.quick else []) + args.train_set
 
     scratch = Path(tempfile.mkdtemp(prefix="refineaf-memory-"))
-    run_dir, train_dir = scratch / "run", scratch / "train"
-    print(f"checkout {REPO}; scratch {scratch}; model {model_dir}")
+    checkouts = [Checkout("this checkout", REPO)]
+    if args.reference:
+        checkouts.insert(0, reference_worktree(args.reference, scratch))
+        checkouts[1] = Checkout("after", REPO)
+    overrides = {
+        c.label: (quick_overrides(c.environment(base_env), c.path) if args.quick else [])
+        + args.train_set
+        for c in checkouts
+    }
+    print(f"checkouts {', '.join(f'{c.label} {c.path}' for c in checkouts)}; scratch {scratch}")
     print(
-        f"fp32 weights: {weights / MB:,.0f} MB; cores {os.cpu_count()}; "
-        f"extra env {args.env or 'none'}; overrides {overrides or 'none (default config)'}"
+        f"model {model_dir}; fp32 weights: {weights / MB:,.0f} MB; cores {os.cpu_count()}; "
+        f"extra env {args.env or 'none'}; overrides "
+        f"{overrides[checkouts[-1].label] or 'none (default config)'}"
     )
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
 
     measurements: list[Measurement] = []
 
-    def measure(name: str, command: list[str]) -> Measurement:
+    def measure(name: str, command: list[str], checkout: Checkout) -> Measurement:
+        if len(checkouts) > 1:
+            name = f"{checkout.label}: {name}"
         log = scratch / f"{name.replace(':', '_').replace(' ', '_')}.log"
-        m = run_measured(name, command, env, log, args.interval)
+        env = checkout.environment(base_env)
+        m = run_measured(name, command, env, log, args.interval, cwd=checkout.path)
         measurements.append(m)
         print(
             f"  {name}: peak {m.peak_bytes / MB:,.0f} MB ({m.peak_bytes / weights:.2f}x weights), "
@@ -360,28 +441,38 @@ def main() -> int:
         return m
 
     if not args.no_references:
-        measure("reference: imports only", [sys.executable, "-c", IMPORTS])
-        measure("reference: load model + 1 forward", [sys.executable, "-c", LOAD_AND_FORWARD])
+        here = checkouts[-1]
+        measure("reference: imports only", [sys.executable, "-c", IMPORTS], here)
+        measure("reference: load model + 1 forward", [sys.executable, "-c", LOAD_AND_FORWARD], here)
 
+    failed: set[str] = set()  # checkouts whose stage failed: their later stages need its output
     for stage in stages:
-        if stage == "eval":
-            source = Path(args.eval_config)
-            rows: list[dict[str, str]] = [{"name": "vanilla"}]
-            if args.eval_rows == "all":
-                for variant in ("baseline", "refine_af"):
-                    adapter = run_dir / "sft" / variant / "adapter"
-                    if adapter.is_dir():
-                        rows.append({"name": variant, "adapter": str(adapter)})
-            target = eval_config(source, scratch / "eval.yaml", scratch / "eval", rows)
-            names = "+".join(r["name"] for r in rows)
-            measure(f"eval ({names})", cli_command("eval", "-c", str(target), *args.eval_set))
-        elif stage == "train":
-            measure("train (whole, one process)", stage_command("train", train_dir, overrides))
-        else:
-            m = measure(stage, stage_command(stage, run_dir, overrides))
-            if m.returncode != 0:
-                print("stopping: later stages need this one's output", file=sys.stderr)
-                break
+        for checkout in checkouts:
+            if checkout.label in failed:
+                continue
+            folder = scratch / checkout.label.split()[0]
+            run_dir, train_dir = folder / "run", folder / "train"
+            if stage == "eval":
+                source = Path(args.eval_config)
+                rows: list[dict[str, str]] = [{"name": "vanilla"}]
+                if args.eval_rows == "all":
+                    for variant in ("baseline", "refine_af"):
+                        adapter = run_dir / "sft" / variant / "adapter"
+                        if adapter.is_dir():
+                            rows.append({"name": variant, "adapter": str(adapter)})
+                folder.mkdir(parents=True, exist_ok=True)
+                target = eval_config(source, folder / "eval.yaml", folder / "eval", rows)
+                names = "+".join(r["name"] for r in rows)
+                command = cli_command("eval", "-c", str(target), *args.eval_set)
+                measure(f"eval ({names})", command, checkout)
+            elif stage == "train":
+                command = stage_command("train", train_dir, overrides[checkout.label])
+                measure("train (whole, one process)", command, checkout)
+            else:
+                command = stage_command(stage, run_dir, overrides[checkout.label])
+                if measure(stage, command, checkout).returncode != 0:
+                    print(f"{checkout.label}: later stages need this one's output", file=sys.stderr)
+                    failed.add(checkout.label)
 
     for m in measurements:
         if m.events:
@@ -390,7 +481,16 @@ def main() -> int:
     print()
     print(f"fp32 weights of the model: {weights / MB:,.0f} MB ({model_dir.name})")
     print(table(measurements, weights))
+    if len(checkouts) > 1:
+        print()
+        print(comparison(measurements, (checkouts[0].label, checkouts[1].label)))
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.reference:
+        subprocess.run(
+            ["git", "worktree", "remove", "--force", str(checkouts[0].path)],
+            cwd=REPO,
+            capture_output=True,
+        )
     if args.keep:
         print(f"kept {scratch}")
     else:

@@ -12,6 +12,7 @@ from refine_af.decontamination import (
     SUPERNI_DATA_ENV,
     ContaminationIndex,
     build_decontaminator,
+    file_key,
     read_superni_texts,
 )
 from refine_af.errors import UserError
@@ -69,6 +70,28 @@ def test_reads_shared_layout_and_task_directories(tmp_path: Path) -> None:
     assert tasks == {TASK} and TEST_INPUT in texts
     with pytest.raises(UserError, match="holds none of the 119 test tasks"):
         read_superni_texts(write_empty(tmp_path / "other"))
+
+
+def test_data_identity_is_its_content(tmp_path: Path) -> None:
+    """The same data downloaded again (new mtime) or moved keeps stage 3's key; new content not."""
+    import os
+    import shutil
+
+    original = write_jsonl_gz(tmp_path / "data.jsonl.gz")
+    moved = tmp_path / "elsewhere" / "superni.jsonl.gz"
+    moved.parent.mkdir()
+    shutil.copy(original, moved)
+    os.utime(moved, (1, 1))
+    assert file_key(moved) == file_key(original)
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / f"{TASK}.json").write_text('{"Definition": ["a"]}')
+    before = file_key(folder)
+    (folder / f"{TASK}.json").write_text('{"Definition": ["b"]}')
+    assert file_key(folder) != before
+    with gzip.open(moved, "at", encoding="utf-8") as handle:
+        handle.write("\n")
+    assert file_key(moved) != file_key(original)
 
 
 def test_decontaminator_checks_instructions_and_instances(tmp_path: Path) -> None:
