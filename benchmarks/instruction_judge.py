@@ -34,7 +34,7 @@ THRESHOLDS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 def auc(positives: list[float], negatives: list[float]) -> float:
     """Probability that a random task scores above a random non-task (ties count half)."""
     pairs = [(p > n) + 0.5 * (p == n) for p in positives for n in negatives]
-    return sum(pairs) / len(pairs)
+    return sum(pairs) / len(pairs) if pairs else float("nan")  # one class only: undefined
 
 
 def main() -> None:
@@ -44,14 +44,14 @@ def main() -> None:
     parser.add_argument("--scores", type=Path, help="also write the scores here (JSON lines)")
     args = parser.parse_args()
 
-    from refine_af.judges import Judge
-    from refine_af.models import load_model_and_tokenizer
-    from refine_af.scorers import CausalYesNoScorer
+    from refine_af.judges import load_judge
+    from refine_af.train_config import load_config
 
     rows = [json.loads(line) for line in args.labels.read_text().splitlines() if line.strip()]
-    model, tokenizer = load_model_and_tokenizer(args.evaluator)
-    tokenizer.truncation_side = "left"  # as the judge loads it: the question is at the end
-    judge = Judge(CausalYesNoScorer(model, tokenizer))
+    # The judge exactly as stage 1 loads it from the default config (batch size, token limit,
+    # chat template), on the chosen evaluator.
+    config = load_config("default", [f"rl.evaluator={args.evaluator}", "rl.evaluator_kind=causal"])
+    judge = load_judge(config)
     started = time.perf_counter()
     scores = judge.instruction_scores([row["instruction"] for row in rows])
     seconds = time.perf_counter() - started

@@ -404,10 +404,33 @@ def main() -> int:
     weights = fp32_weight_bytes(model_dir)
 
     scratch = Path(tempfile.mkdtemp(prefix="refineaf-memory-"))
-    checkouts = [Checkout("this checkout", REPO)]
-    if args.reference:
-        checkouts.insert(0, reference_worktree(args.reference, scratch))
-        checkouts[1] = Checkout("after", REPO)
+    here = Checkout("after" if args.reference else "this checkout", REPO)
+    checkouts = [reference_worktree(args.reference, scratch), here] if args.reference else [here]
+    try:
+        return measure_all(args, stages, checkouts, scratch, base_env, model_dir, weights)
+    finally:
+        if args.reference:
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(checkouts[0].path)],
+                cwd=REPO,
+                capture_output=True,
+            )
+        if args.keep:
+            print(f"kept {scratch}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def measure_all(
+    args: argparse.Namespace,
+    stages: list[str],
+    checkouts: list[Checkout],
+    scratch: Path,
+    base_env: dict[str, str],
+    model_dir: Path,
+    weights: int,
+) -> int:
+    """Every selected process for every checkout, then the tables; 0 when all exited 0."""
     overrides = {
         c.label: (quick_overrides(c.environment(base_env), c.path) if args.quick else [])
         + args.train_set
@@ -485,16 +508,6 @@ def main() -> int:
         print()
         print(comparison(measurements, (checkouts[0].label, checkouts[1].label)))
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    if args.reference:
-        subprocess.run(
-            ["git", "worktree", "remove", "--force", str(checkouts[0].path)],
-            cwd=REPO,
-            capture_output=True,
-        )
-    if args.keep:
-        print(f"kept {scratch}")
-    else:
-        shutil.rmtree(scratch, ignore_errors=True)
     return 0 if all(m.returncode == 0 for m in measurements) else 1
 
 

@@ -97,14 +97,18 @@ def find_superni_data(configured: str | None) -> Path | None:
 
 
 def file_key(path: Path) -> str:
-    """Identity of a data file or directory for fingerprints: the content of its task files.
+    """Identity of a data file or directory for fingerprints: the content of what is read.
 
     Content, not path or modification time: the same data downloaded again or moved elsewhere
-    must not make stage 3 start afresh (hashing the 119 test tasks takes well under a second).
+    must not make stage 3 start afresh. In a directory only the test tasks' files count (the
+    reader opens no other; a natural-instructions checkout holds 1,600 more).
     """
+    from refine_af.evaluation.data import TASK_NAMES
+
     if not path.is_dir():
         return file_digest(path)
-    stamp = "|".join(f"{f.name}:{file_digest(f)}" for f in sorted(path.glob("task*.json")))
+    files = [path / f"{name}.json" for name in TASK_NAMES if (path / f"{name}.json").is_file()]
+    stamp = "|".join(f"{f.name}:{file_digest(f)}" for f in files)
     return hashlib.sha256(stamp.encode()).hexdigest()[:16]
 
 
