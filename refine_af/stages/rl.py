@@ -70,6 +70,7 @@ RESUMABLE_SETTINGS = (
     "scorer_device",
     "scorer_batch_size",
     "report_to",
+    "share_prompts",
 )
 RESUMABLE_TRAINER_ARGS = ("save_total_limit",)
 
@@ -165,6 +166,12 @@ class RLConfig:
         True,
         "GRPO without vLLM: sample completions with refine_af's decode loop (preallocated KV "
         "cache, finished rows leave the batch) instead of model.generate; same distribution.",
+    )
+    share_prompts: bool = help_field(
+        True,
+        "GRPO: compute each prompt once for its num_generations completions in the loss and "
+        "the reference log-probs (refine_af.shared_prompt) instead of once per completion; the "
+        "same log-probs, and about half the tokens with short completions.",
     )
     bf16: bool = help_field(False, "bfloat16 mixed precision (GPU).")
     trainer_args: dict[str, Any] = help_field(  # noqa: RUF009 - help_field is field()
@@ -485,6 +492,10 @@ def build_trainer(
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental
         extra["rollout_func"] = make_rollout(settings, tokenizer)
     trainer_class = RLOOTrainer if settings.trainer == "rloo" else GRPOTrainer
+    if settings.trainer == "grpo" and settings.share_prompts:
+        from refine_af.shared_prompt import SharedPromptMixin
+
+        trainer_class = type("SharedPromptGRPOTrainer", (SharedPromptMixin, GRPOTrainer), {})
     return trainer_class(
         **extra,
         model=model,
