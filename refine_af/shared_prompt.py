@@ -150,18 +150,24 @@ class SharedPromptMixin:
     once per micro-batch (:func:`completion_logps`), and the generation batch is shuffled by whole
     prompt groups so that a micro-batch holds a prompt's completions together. The optimizer step
     sums the same per-row losses either way; only their grouping into micro-batches changes.
-    Anything this does not cover (images, MoE auxiliary losses, sliding-window attention) runs
-    through TRL's own code."""
+    Anything this does not cover (images, MoE auxiliary losses, sliding-window attention, FSDP or
+    DeepSpeed) runs through TRL's own code."""
 
     def _prepare_inputs(self, generation_batch: dict[str, Any]) -> dict[str, Any]:
-        import functools
         from unittest import mock
 
         import trl.trainer.grpo_trainer as grpo
 
         if not self.model.training or not hasattr(grpo, "shuffle_sequence_dict"):
             return super()._prepare_inputs(generation_batch)
-        by_group = functools.partial(shuffle_groups, group_size=self.num_generations)
+        by_rows = grpo.shuffle_sequence_dict
+
+        def by_group(batch: dict[str, Any]) -> dict[str, Any]:
+            size = len(next(v for v in batch.values() if v is not None))
+            if size % self.num_generations:  # not whole groups here: TRL's own shuffle
+                return by_rows(batch)
+            return shuffle_groups(batch, self.num_generations)
+
         with mock.patch.object(grpo, "shuffle_sequence_dict", by_group):
             return super()._prepare_inputs(generation_batch)
 
@@ -180,7 +186,12 @@ class SharedPromptMixin:
         if hasattr(causal_lm, "get_base_model"):
             causal_lm = causal_lm.get_base_model()
         extra = any(value is not None for value in inputs.values())
-        if compute_aux_loss or extra or not can_share(causal_lm):
+        # FSDP and DeepSpeed gather sharded weights in the wrapped model's own forward, which the
+        # prompt pass (the backbone called directly) would bypass.
+        sharded = getattr(self, "is_fsdp_enabled", False) or getattr(
+            self, "is_deepspeed_enabled", False
+        )
+        if compute_aux_loss or extra or sharded or not can_share(causal_lm):
             return super()._get_per_token_logps_and_entropies(
                 model,
                 input_ids,

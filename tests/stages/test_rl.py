@@ -193,6 +193,54 @@ def test_train_steps_move_the_adapter_and_resume(tmp_path, tiny_model_dir, monke
         rl.run(other, run_dir, resume=True, scorers=scorers)
 
 
+def test_shared_prompts_train_the_same_first_step(tmp_path, tiny_model_dir, monkeypatch):
+    """rl.share_prompts computes each prompt once; the first step's loss and rewards are TRL's."""
+    import torch
+    from safetensors.torch import load_file
+
+    from refine_af import rewards
+
+    monkeypatch.setattr(
+        rewards, "parse_instance", lambda text: ParsedInstance("", text) if text.strip() else None
+    )
+    built = []
+    original = rl.build_trainer
+
+    def capture(*args, **kwargs):
+        built.append(original(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(rl, "build_trainer", capture)
+    metrics = {}
+    for share in ("true", "false"):
+        run_path = tmp_path / share
+        write_instructions(run_path)
+        config = make_config(
+            run_path,
+            tiny_model_dir,
+            f"rl.share_prompts={share}",
+            "rl.trainer_args.gradient_accumulation_steps=2",  # 4 prompts x 2, 2 micro-batches
+        )
+        rl.run(config, RunDirectory(run_path), scorers=(LengthScorer(), LengthScorer()))
+        metrics[share] = read_log(run_path / "rl" / "metrics.jsonl")[0]
+    assert type(built[0]).__name__ == "SharedPromptGRPOTrainer"
+    assert type(built[1]).__name__ == "GRPOTrainer"
+    shared, whole = metrics["true"], metrics["false"]
+    assert shared["reward_combined"] == whole["reward_combined"]
+    assert shared["loss"] == pytest.approx(whole["loss"], rel=1e-4, abs=1e-6)
+    # The same update: gradients summed over the step's micro-batches agree, so do the adapters.
+    adapters = [
+        load_file(tmp_path / share / "rl" / "adapter" / "adapter_model.safetensors")
+        for share in ("true", "false")
+    ]
+    assert adapters[0].keys() == adapters[1].keys()
+    moved = 0
+    for name, value in adapters[0].items():
+        assert torch.allclose(value, adapters[1][name], atol=1e-5), name
+        moved += int("lora_B" in name and float(value.abs().max()) > 0)
+    assert moved  # the step changed the adapter (LoRA B starts at zero)
+
+
 def test_policy_and_scorers_share_one_copy_of_the_weights(tmp_path, tiny_model_dir, monkeypatch):
     """Scorers of the policy's own model score with the untuned weights: the adapter is off."""
     import contextlib
