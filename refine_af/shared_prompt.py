@@ -163,10 +163,10 @@ class SharedPromptMixin:
         by_rows = grpo.shuffle_sequence_dict
 
         def by_group(batch: dict[str, Any]) -> dict[str, Any]:
-            size = len(next(v for v in batch.values() if v is not None))
-            if size % self.num_generations:  # not whole groups here: TRL's own shuffle
+            try:
+                return shuffle_groups(batch, self.num_generations)
+            except ValueError:  # not whole groups here: TRL's own shuffle
                 return by_rows(batch)
-            return shuffle_groups(batch, self.num_generations)
 
         with mock.patch.object(grpo, "shuffle_sequence_dict", by_group):
             return super()._prepare_inputs(generation_batch)

@@ -114,20 +114,17 @@ def test_unloadable_scorer_fails_before_training(tmp_path, tiny_model_dir):
     assert not (tmp_path / "rl" / "checkpoints").exists()
 
 
-def test_train_steps_move_the_adapter_and_resume(tmp_path, tiny_model_dir, monkeypatch):
-    import torch
-    from peft import PeftModel
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
-
+@pytest.fixture
+def built_trainers(monkeypatch) -> list:
+    """The trainers ``rl.run`` builds, in order. A random 2-layer model never writes "Output:",
+    so any non-empty text counts as the output: the stand-in scorers see varied instances and
+    the group advantages are non-zero."""
     from refine_af import rewards
 
-    # A random 2-layer model never writes "Output:"; accept any non-empty text as the output so
-    # the stand-in scorers see varied instances and the group advantages are non-zero.
     monkeypatch.setattr(
         rewards, "parse_instance", lambda text: ParsedInstance("", text) if text.strip() else None
     )
-    built = []
+    built: list = []
     original = rl.build_trainer
 
     def capture(*args, **kwargs):
@@ -135,12 +132,21 @@ def test_train_steps_move_the_adapter_and_resume(tmp_path, tiny_model_dir, monke
         return built[-1]
 
     monkeypatch.setattr(rl, "build_trainer", capture)
+    return built
+
+
+def test_train_steps_move_the_adapter_and_resume(tmp_path, tiny_model_dir, built_trainers):
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
     write_instructions(tmp_path)
     run_dir = RunDirectory(tmp_path)
     scorers = (LengthScorer(), LengthScorer())
 
     summary = rl.run(make_config(tmp_path, tiny_model_dir), run_dir, scorers=scorers)
-    trainer = built[0]
+    trainer = built_trainers[0]
     # Reference = the same weights with the adapter switched off: no second model is loaded.
     assert trainer.beta > 0 and trainer.ref_model is None
     assert trainer.rollout_func is not None  # completions came from refine_af's decode loop
@@ -193,24 +199,11 @@ def test_train_steps_move_the_adapter_and_resume(tmp_path, tiny_model_dir, monke
         rl.run(other, run_dir, resume=True, scorers=scorers)
 
 
-def test_shared_prompts_train_the_same_first_step(tmp_path, tiny_model_dir, monkeypatch):
+def test_shared_prompts_train_the_same_first_step(tmp_path, tiny_model_dir, built_trainers):
     """rl.share_prompts computes each prompt once; the first step's loss and rewards are TRL's."""
     import torch
     from safetensors.torch import load_file
 
-    from refine_af import rewards
-
-    monkeypatch.setattr(
-        rewards, "parse_instance", lambda text: ParsedInstance("", text) if text.strip() else None
-    )
-    built = []
-    original = rl.build_trainer
-
-    def capture(*args, **kwargs):
-        built.append(original(*args, **kwargs))
-        return built[-1]
-
-    monkeypatch.setattr(rl, "build_trainer", capture)
     metrics = {}
     for share in ("true", "false"):
         run_path = tmp_path / share
@@ -223,8 +216,8 @@ def test_shared_prompts_train_the_same_first_step(tmp_path, tiny_model_dir, monk
         )
         rl.run(config, RunDirectory(run_path), scorers=(LengthScorer(), LengthScorer()))
         metrics[share] = read_log(run_path / "rl" / "metrics.jsonl")[0]
-    assert type(built[0]).__name__ == "SharedPromptGRPOTrainer"
-    assert type(built[1]).__name__ == "GRPOTrainer"
+    assert type(built_trainers[0]).__name__ == "SharedPromptGRPOTrainer"
+    assert type(built_trainers[1]).__name__ == "GRPOTrainer"
     shared, whole = metrics["true"], metrics["false"]
     assert shared["reward_combined"] == whole["reward_combined"]
     assert shared["loss"] == pytest.approx(whole["loss"], rel=1e-4, abs=1e-6)
@@ -241,22 +234,16 @@ def test_shared_prompts_train_the_same_first_step(tmp_path, tiny_model_dir, monk
     assert moved  # the step changed the adapter (LoRA B starts at zero)
 
 
-def test_policy_and_scorers_share_one_copy_of_the_weights(tmp_path, tiny_model_dir, monkeypatch):
+def test_policy_and_scorers_share_one_copy_of_the_weights(
+    tmp_path, tiny_model_dir, monkeypatch, built_trainers
+):
     """Scorers of the policy's own model score with the untuned weights: the adapter is off."""
     import contextlib
 
-    from refine_af import rewards
     from refine_af.scorers import ScorerLoader, ScorerSettings
 
-    # Any non-empty text is an output, so the scores vary and the adapter moves (as above).
-    monkeypatch.setattr(
-        rewards, "parse_instance", lambda text: ParsedInstance("", text) if text.strip() else None
-    )
-    built, loaded = [], []
-    original_build, original_load = rl.build_trainer, rl.load_scorers
-    monkeypatch.setattr(
-        rl, "build_trainer", lambda *a, **k: built.append(original_build(*a, **k)) or built[-1]
-    )
+    loaded = []
+    original_load = rl.load_scorers
     monkeypatch.setattr(
         rl, "load_scorers", lambda *a, **k: loaded.append(original_load(*a, **k)) or loaded[-1]
     )
@@ -264,7 +251,7 @@ def test_policy_and_scorers_share_one_copy_of_the_weights(tmp_path, tiny_model_d
     config = make_config(tmp_path, tiny_model_dir, "rl.learning_rate=0.5")
     rl.run(config, RunDirectory(tmp_path))
     reward_model, evaluator = loaded[0]
-    policy = built[0].model
+    policy = built_trainers[0].model
     assert reward_model.model is evaluator.model is policy.get_base_model()
 
     settings = ScorerSettings(f"causal:{tiny_model_dir}", str(tiny_model_dir), "causal")
