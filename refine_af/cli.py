@@ -61,6 +61,18 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+RESTART_HELP = (
+    "Set this command's earlier outputs aside (renamed *.replaced-<key>, never deleted) and "
+    "start again. Without it, outputs of the same settings and inputs are continued and those "
+    "of other settings are set aside."
+)
+
+
+def restart_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--restart``: one meaning in every command (refine_af.batches)."""
+    return click.option("--restart", is_flag=True, help=RESTART_HELP)(command)
+
+
 def prepare_run(config_name: str, overrides: tuple[str, ...], extra: list[str]) -> Any:
     """Load the config with overrides and open its run directory.
 
@@ -106,7 +118,7 @@ def show_config(config_name: str, overrides: tuple[str, ...]) -> None:
 @config_options
 @click.option("--seed-tasks", type=str, default=None, help="Seed task JSONL (else download).")
 @click.option("--num-instructions", type=int, default=None, help="How many to keep.")
-@click.option("--restart", is_flag=True, help="Set aside instructions made with other settings.")
+@restart_option
 @handle_errors
 def generate_instructions(
     config_name: str,
@@ -133,8 +145,13 @@ def generate_instructions(
 
 @cli.command("rl")
 @config_options
-@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in RUN/rl.")
-@click.option("--restart", is_flag=True, help="Set earlier checkpoints aside and start over.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    hidden=True,
+    help="Accepted for older scripts: continuing from the last checkpoint is the default.",
+)
+@restart_option
 @click.option("--max-steps", type=int, default=None, help="Optimizer steps (rl.max_steps).")
 @handle_errors
 def rl_command(
@@ -149,7 +166,7 @@ def rl_command(
 
     extra = [f"rl.max_steps={max_steps}"] if max_steps is not None else []
     config, run_dir = prepare_run(config_name, overrides, extra)
-    summary = rl.run(config, run_dir, resume=resume, restart=restart)
+    summary = rl.run(config, run_dir, restart=restart)
     if not summary:
         return  # a non-main process of `accelerate launch`
     combined = summary.get("reward_combined", {})
@@ -162,25 +179,49 @@ def rl_command(
 
 @cli.command("score")
 @config_options
-@click.option("--input", "input_path", required=True, help="JSONL: instruction, input, output.")
-@click.option("--output", "output_path", required=True, help="JSONL written with the rewards.")
+@click.option("--input", "input_path", default=None, help="JSONL: instruction, input, output.")
+@click.option("--output", "output_path", default=None, help="JSONL written with the rewards.")
 @click.option("--batch-rows", type=int, default=64, show_default=True, help="Rows per batch.")
+@restart_option
+@click.option(
+    "--labels",
+    "labels_path",
+    default=None,
+    help="Instead: a JSONL of instances labelled good/bad (instruction, input, output, label) "
+    "or preference pairs (prompt, chosen, rejected); prints each reward's AUC or pairwise "
+    "accuracy against them.",
+)
+@click.option("--bootstrap", type=int, default=1000, show_default=True, help="--labels: resamples.")
 @handle_errors
 def score_command(
     config_name: str,
     overrides: tuple[str, ...],
-    input_path: str,
-    output_path: str,
+    input_path: str | None,
+    output_path: str | None,
     batch_rows: int,
+    restart: bool,
+    labels_path: str | None,
+    bootstrap: int,
 ) -> None:
-    """Score a JSONL of instances with stage 2's automated feedback (the config's rl section)."""
+    """Score a JSONL of instances with stage 2's automated feedback (the config's rl section),
+    or check that feedback against labels (--labels)."""
     from pathlib import Path
 
     from refine_af import scoring
     from refine_af.train_config import load_config
 
+    if labels_path is not None:
+        if input_path or output_path:
+            raise UserError("give either --labels FILE or --input and --output, not both")
+        from refine_af import validity
+
+        config = load_config(config_name, overrides)
+        click.echo(validity.run(config, Path(labels_path), bootstrap), nl=False)
+        return
+    if not input_path or not output_path:
+        raise UserError("give --input FILE and --output FILE (or --labels FILE)")
     config = load_config(config_name, overrides)
-    summary = scoring.run(config, Path(input_path), Path(output_path), batch_rows)
+    summary = scoring.run(config, Path(input_path), Path(output_path), batch_rows, restart)
     click.echo(
         f"scored {summary['scored']} of {summary['rows']} rows (mean combined reward "
         f"{summary['mean_combined']}): {summary['output']}"
@@ -191,14 +232,14 @@ def score_command(
 @config_options
 @click.option(
     "--variant",
-    type=click.Choice(["refine_af", "baseline", "seeds_only"]),
+    type=click.Choice(["refine_af", "baseline", "seeds_only", "seeds_matched"]),
     default="refine_af",
     show_default=True,
     help="Instances from the RL adapter (refine_af), the untuned model (baseline), or the seed "
     "tasks' own instances (seeds_only, the control).",
 )
 @click.option("--max-instructions", type=int, default=None, help="Use only the first N.")
-@click.option("--restart", is_flag=True, help="Set aside instances made from other inputs.")
+@restart_option
 @handle_errors
 def generate_instances(
     config_name: str,
@@ -226,12 +267,12 @@ def generate_instances(
 @config_options
 @click.option(
     "--variant",
-    type=click.Choice(["refine_af", "baseline", "seeds_only"]),
+    type=click.Choice(["refine_af", "baseline", "seeds_only", "seeds_matched"]),
     default="refine_af",
     show_default=True,
     help="Which variant's instances to fine-tune on.",
 )
-@click.option("--restart", is_flag=True, help="Train again even if the adapter is up to date.")
+@restart_option
 @handle_errors
 def sft_command(config_name: str, overrides: tuple[str, ...], variant: str, restart: bool) -> None:
     """Stage 3b: LoRA fine-tuning of the base model on a variant's instances."""
@@ -250,18 +291,45 @@ def sft_command(config_name: str, overrides: tuple[str, ...], variant: str, rest
 @click.option(
     "--baseline", is_flag=True, help="Only the Self-Instruct baseline adapter (skips stage 2)."
 )
+@restart_option
 @handle_errors
-def train(config_name: str, overrides: tuple[str, ...], baseline: bool) -> None:
+def train(config_name: str, overrides: tuple[str, ...], baseline: bool, restart: bool) -> None:
     """Run the whole pipeline (stages 1 -> 2 -> 3) in one run directory; skip what is done."""
     from refine_af import pipeline
 
     extra = ["pipeline.variants=[baseline]"] if baseline else []
     config, run_dir = prepare_run(config_name, overrides, extra)
-    result = pipeline.run(config, run_dir)
+    result = pipeline.run(config, run_dir, restart=restart)
     for variant, adapter in result["adapters"].items():
         click.echo(f"{variant} adapter: {adapter}")
     click.echo(f"data card: {result['data_card']}")
     click.echo(f"done in {result['seconds']} s")
+
+
+@cli.command("export")
+@click.argument("run_dir")
+@click.argument("out")
+@click.option("--overwrite", is_flag=True, help="Replace OUT when it holds an earlier export.")
+@click.option(
+    "--push-to-hub", "repo", default=None, metavar="REPO", help="Also upload to this Hub dataset."
+)
+@click.option("--private", is_flag=True, help="With --push-to-hub: make a new repo private.")
+@handle_errors
+def export_command(
+    run_dir: str, out: str, overwrite: bool, repo: str | None, private: bool
+) -> None:
+    """Write RUN_DIR's generated data to OUT as a Hugging Face dataset (parquet + card)."""
+    from pathlib import Path
+
+    from refine_af import export
+
+    result = export.run(Path(run_dir), Path(out), overwrite=overwrite, repo=repo, private=private)
+    for config, splits in result["rows"].items():
+        counts = ", ".join(f"{split} {rows}" for split, rows in splits.items())
+        click.echo(f"{config}: {counts} rows")
+    click.echo(f"dataset: {result['out']}")
+    if "url" in result:
+        click.echo(f"pushed: {result['url']}")
 
 
 @cli.command("eval")
@@ -274,18 +342,15 @@ def train(config_name: str, overrides: tuple[str, ...], baseline: bool) -> None:
     help="An eval config: a packaged name (default, paper_llama2_7b, paper_llama2_13b, "
     "paper_mistral_7b) or a YAML path.",
 )
-@click.option(
-    "--force",
-    is_flag=True,
-    help="Evaluate every row afresh (earlier outputs are set aside, not deleted).",
-)
+@restart_option
+@click.option("--force", is_flag=True, hidden=True, help="The former name of --restart.")
 @click.argument("overrides", nargs=-1)
 @handle_errors
-def eval_command(config_path: str, overrides: tuple[str, ...], force: bool) -> None:
+def eval_command(config_path: str, overrides: tuple[str, ...], restart: bool, force: bool) -> None:
     """Evaluate the base model and adapters on SuperNI; write the report."""
     from refine_af.evaluation.commands import eval_command as run
 
-    line = run(config_path, list(overrides), force=force)
+    line = run(config_path, list(overrides), force=restart or force)
     if line:  # empty in the other processes of `accelerate launch`
         click.echo(line)
 

@@ -47,9 +47,69 @@ class GenerationTiming:
 
     prompt_tokens: int = 0
     prefill_rows: int = 0  # prompts run through the model (a repeated prompt counts once)
+    # Prompt tokens whose keys and values were copied from a shared prefix, not computed.
+    reused_prefix_tokens: int = 0
     new_tokens: int = 0
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
+
+
+# The fewest prompt tokens worth sharing: below it a prefix's own model call and copies cost
+# about what they save.
+MIN_SHARED_PREFIX = 16
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading token ids ``a`` and ``b`` have in common."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def prefix_groups(
+    rows: Sequence[Sequence[int]], min_shared: int = MIN_SHARED_PREFIX
+) -> list[tuple[int, list[int]]]:
+    """Rows grouped by a shared token prefix: ``(shared length, row indices)`` per group.
+
+    Rows are compared as token ids (never re-tokenized pieces), in lexicographic order, where
+    rows with a long common prefix are neighbours. A row joins the group before it while the
+    prompt tokens the group saves (``(rows - 1) x shared length``) do not shrink and the shared
+    length stays at least ``min_shared``; the shared length is always shorter than each row, so
+    every row has a token of its own to prefill (its last logits). Rows that share nothing worth
+    it form one last group of shared length 0. Within a group, longest row first (then by index).
+    """
+    order = sorted(range(len(rows)), key=lambda i: list(rows[i]))
+    groups: list[tuple[int, list[int]]] = []
+    unshared: list[int] = []
+    current: list[int] = []
+    shared = 0
+
+    def close() -> None:
+        if len(current) >= 2 and shared >= min_shared:
+            groups.append((shared, current))
+        else:
+            unshared.extend(current)
+
+    for index in order:
+        if current:
+            common = min(
+                shared, common_prefix_length(rows[current[-1]], rows[index]), len(rows[index]) - 1
+            )
+            size = len(current)
+            if common >= min_shared and size * common >= (size - 1) * shared:
+                current.append(index)
+                shared = common
+                continue
+            close()
+        current, shared = [index], len(rows[index]) - 1
+    if current:
+        close()
+    if unshared:
+        groups.append((0, unshared))
+    ranked = [(length, sorted(group, key=lambda i: (-len(rows[i]), i))) for length, group in groups]
+    return sorted(ranked, key=lambda item: (-len(rows[item[1][0]]), item[1][0]))
 
 
 class GenerationBackend(Protocol):
@@ -101,6 +161,10 @@ class TransformersBackend:
     * prompts are pre-filled in groups of similar length (prompts sorted longest first, a group
       ends when padding would exceed ``max_prefill_padding`` of its tokens or ``prefill_tokens``),
       each group writing, left-padded, into its rows of the one decode cache;
+    * a token prefix that several prompts of a batch share (a SuperNI task's definition, a
+      stage's few-shot header; ``share_prefixes``) is computed once and its keys and values
+      copied to each of those rows, as vLLM's prefix caching does; a repeated prompt is
+      computed once;
     * only the last position's logits are computed (``logits_to_keep=1``), and the
       presence-penalty mask is kept incrementally.
 
@@ -122,6 +186,7 @@ class TransformersBackend:
         prefill_tokens: int = 8192,
         max_prefill_padding: float = 0.1,
         eos_token_ids: Sequence[int] | set[int] | None = None,
+        share_prefixes: bool = True,
     ) -> None:
         if batch_size < 1:
             raise UserError(f"generation batch size must be >= 1, got {batch_size}")
@@ -131,6 +196,7 @@ class TransformersBackend:
         self.fast = fast
         self.prefill_tokens = prefill_tokens
         self.max_prefill_padding = max_prefill_padding
+        self.share_prefixes = share_prefixes
         # The ids that end a row; by default the model's generation config's (or the tokenizer's).
         self.eos_token_ids = None if eos_token_ids is None else {int(e) for e in eos_token_ids}
         self.timing = GenerationTiming()
@@ -235,11 +301,12 @@ class TransformersBackend:
             warpers.append(TopPLogitsWarper(top_p=params.top_p))
         return warpers, int(top_k or 0)
 
-    def _prefill(self, rows: list[list[int]], capacity: int) -> tuple[Any, Any, Any]:
-        """Run the prompts (longest first) through the model; return logits, cache, mask.
+    def _prefill(self, rows: list[list[int]], capacity: int) -> tuple[Any, Any, Any, list[int]]:
+        """Run the prompts through the model; return logits, cache, mask and row order.
 
-        A prompt that comes several times (stage 2 samples each prompt ``num_generations`` times)
-        is run once and its keys and values copied to its other rows.
+        Batch position ``j`` of the returned logits, cache and mask holds row ``order[j]``. A
+        prompt that comes several times (stage 2 samples each prompt ``num_generations`` times)
+        is run once and its keys and values copied to its other rows (then in ``rows``' order).
         """
         import torch
 
@@ -247,72 +314,124 @@ class TransformersBackend:
         first_of = [distinct.setdefault(tuple(ids), len(distinct)) for ids in rows]
         if len(distinct) == len(rows):
             return self._prefill_distinct(rows, capacity)
-        logits, cache, mask = self._prefill_distinct([list(ids) for ids in distinct], capacity)
-        index = torch.tensor(first_of, device=logits.device)
+        logits, cache, mask, order = self._prefill_distinct(
+            [list(ids) for ids in distinct], capacity
+        )
+        position = {row: j for j, row in enumerate(order)}
+        index = torch.tensor([position[d] for d in first_of], device=logits.device)
         for layer in cache.layers:
             layer.select_rows(index)
-        return logits[index], cache, mask[index]
+        return logits[index], cache, mask[index], list(range(len(rows)))
 
-    def _prefill_distinct(self, rows: list[list[int]], capacity: int) -> tuple[Any, Any, Any]:
+    def _prefill_distinct(
+        self, rows: list[list[int]], capacity: int
+    ) -> tuple[Any, Any, Any, list[int]]:
         """:meth:`_prefill` for rows that all differ.
 
-        Rows are pre-filled in groups of similar length; each group writes its keys and values,
-        left padded, straight into the decode cache, which starts with room for ``capacity``
-        positions and grows as rows need more (:mod:`refine_af.kv_cache`).
+        The decode cache starts with room for ``capacity`` positions and grows as rows need more
+        (:mod:`refine_af.kv_cache`). Rows sharing a token prefix (:func:`prefix_groups`) sit next
+        to each other: the prefix is run once, in the group's first row, and copied to the
+        others; each row's remaining tokens end at the last prompt position, so a row reads
+        ``[prefix, masked gap, own tokens]`` (position ids count real tokens only, as
+        ``generate``'s do). Those remaining tokens are pre-filled in groups of similar length,
+        left padded, written straight into the decode cache.
         """
         import torch
 
-        from refine_af.kv_cache import preallocated_cache, window
+        from refine_af.kv_cache import copy_prefix, preallocated_cache
+
+        if self.share_prefixes:
+            plan = prefix_groups(rows)
+        else:
+            plan = [(0, sorted(range(len(rows)), key=lambda i: (-len(rows[i]), i)))]
+        order = [row for _, members in plan for row in members]
+        width = max(len(ids) for ids in rows)
+        cache = preallocated_cache(self.model, len(rows), capacity)
+        mask = torch.zeros((len(rows), width), dtype=torch.long, device=self.model.device)
+        logits: list[Any] = []
+        first = 0  # the prefix group's first row in the batch
+        for shared, members in plan:
+            if shared:
+                prefix = rows[members[0]][:shared]
+                self._forward(cache, slice(first, first + 1), 0, 0, [prefix], mask, 0)
+                copy_prefix(cache, first, slice(first + 1, first + len(members)), shared)
+                mask[first : first + len(members), :shared] = 1
+                self.timing.reused_prefix_tokens += shared * (len(members) - 1)
+            for start, stop in self._length_groups([len(rows[m]) - shared for m in members]):
+                tails = [rows[m][shared:] for m in members[start:stop]]
+                rows_here = slice(first + start, first + stop)
+                left = width - len(tails[0])  # where this group's (padded) tokens start
+                if shared:  # attend to the prefix (and the masked gap after it)
+                    logits.append(self._forward(cache, rows_here, 0, left, tails, mask, shared))
+                else:
+                    logits.append(self._forward(cache, rows_here, left, 0, tails, mask, 0))
+            first += len(members)
+        self.timing.prefill_rows += len(rows)
+        for layer in cache.layers:
+            layer.set_length(width)
+        return torch.cat(logits), cache, mask, order
+
+    def _length_groups(self, lengths: list[int]) -> list[tuple[int, int]]:
+        """``[start, stop)`` ranges of ``lengths`` (longest first) to pre-fill together: a range
+        ends when its padding would exceed ``max_prefill_padding`` of its tokens or its padded
+        size ``prefill_tokens``."""
+        ranges: list[tuple[int, int]] = []
+        start = 0
+        for stop in range(1, len(lengths) + 1):
+            if stop == len(lengths):
+                ranges.append((start, stop))
+                break
+            padded = lengths[start] * (stop - start + 1)
+            real = sum(lengths[start : stop + 1])
+            if padded > self.prefill_tokens or padded - real > self.max_prefill_padding * padded:
+                ranges.append((start, stop))
+                start = stop
+        return ranges
+
+    def _forward(
+        self,
+        cache: Any,
+        rows: slice,
+        start: int,
+        filled: int,
+        tokens: list[list[int]],
+        mask: Any,
+        offset: int,
+    ) -> Any:
+        """Pre-fill ``tokens`` (longest first, left padded) into ``rows`` of ``cache``.
+
+        Their keys and values are written from position ``start + filled`` on, attending to the
+        ``filled`` positions before them (``mask`` says which of those are real), at position ids
+        ``offset`` on. Returns the last position's logits; ``mask`` gets the new tokens' columns.
+        """
+        import torch
+
+        from refine_af.kv_cache import window
 
         device = self.model.device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        groups: list[list[int]] = []
-        for row, ids in enumerate(rows):
-            if groups:
-                group = groups[-1]
-                width = len(rows[group[0]])  # the longest in the group: rows come sorted
-                padded = width * (len(group) + 1)
-                real = sum(len(rows[r]) for r in group) + len(ids)
-                if padded <= self.prefill_tokens and padded - real <= self.max_prefill_padding * (
-                    padded
-                ):
-                    group.append(row)
-                    continue
-            groups.append([row])
-
-        self.timing.prefill_rows += len(rows)
-        width = max(len(ids) for ids in rows)
-        cache = preallocated_cache(self.model, len(rows), capacity)
-        mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-        logits: list[Any] = []
-        first = 0  # the group's first row in the batch
-        for group in groups:
-            group_width = len(rows[group[0]])
-            input_ids = torch.full((len(group), group_width), pad, dtype=torch.long)
-            group_mask = torch.zeros((len(group), group_width), dtype=torch.long)
-            for j, row in enumerate(group):
-                n = len(rows[row])
-                if n:
-                    input_ids[j, group_width - n :] = torch.tensor(rows[row])
-                    group_mask[j, group_width - n :] = 1
-            input_ids, group_mask = input_ids.to(device), group_mask.to(device)
-            # generate's position ids: count real tokens, padding at 0.
-            positions = (group_mask.cumsum(-1) - 1).masked_fill(group_mask == 0, 0)
-            rows_here, left = slice(first, first + len(group)), width - group_width
-            out = self.model(
-                input_ids=input_ids,
-                attention_mask=group_mask,
-                position_ids=positions,
-                past_key_values=window(cache, rows_here, left),
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            logits.append(out.logits[:, -1].to(dtype=torch.float32))
-            mask[rows_here, left:] = group_mask
-            first += len(group)
-        for layer in cache.layers:
-            layer.set_length(width)
-        return torch.cat(logits), cache, mask
+        group_width = len(tokens[0])
+        input_ids = torch.full((len(tokens), group_width), pad, dtype=torch.long)
+        group_mask = torch.zeros((len(tokens), group_width), dtype=torch.long)
+        for j, ids in enumerate(tokens):
+            if ids:
+                input_ids[j, group_width - len(ids) :] = torch.tensor(ids)
+                group_mask[j, group_width - len(ids) :] = 1
+        input_ids, group_mask = input_ids.to(device), group_mask.to(device)
+        # generate's position ids: count real tokens, padding at 0.
+        positions = (group_mask.cumsum(-1) - 1 + offset).masked_fill(group_mask == 0, 0)
+        columns = slice(start + filled, start + filled + group_width)
+        attention = torch.cat([mask[rows, start : start + filled], group_mask], dim=1)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            past_key_values=window(cache, rows, start, filled),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        mask[rows, columns] = group_mask
+        return out.logits[:, -1].to(dtype=torch.float32)
 
     def _sample(self, scores: Any, warpers: list[Any], top_k: int) -> Any:
         """Draw one token per row from ``generate``'s sampling distribution.
@@ -358,7 +477,7 @@ class TransformersBackend:
         started = time.perf_counter()
         # Room for a few new tokens; the cache grows for the rows that write more.
         capacity = width + min(params.max_new_tokens, GROWTH)
-        logits, cache, prompt_mask = self._prefill(rows, capacity)
+        logits, cache, prompt_mask, order = self._prefill(rows, capacity)
         prefilled = time.perf_counter()
         # The mask for every position the batch can reach; each step uses its first columns.
         mask = torch.cat([prompt_mask, prompt_mask.new_ones((len(rows), params.max_new_tokens))], 1)
@@ -369,7 +488,7 @@ class TransformersBackend:
         generated: list[list[int]] = [[] for _ in rows]
         # The original row of each batch row; None once it has finished. Finished rows stay in
         # the batch (their outputs ignored) until enough have piled up to be worth a compaction.
-        slots: list[int | None] = list(range(len(rows)))
+        slots: list[int | None] = list(order)
         for step in range(params.max_new_tokens):
             scores = logits
             if used is not None:

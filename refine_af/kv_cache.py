@@ -27,12 +27,12 @@ class PreallocatedLayer(DynamicLayer):
     is_sliding = False
     is_compileable = False
 
-    def __init__(self, keys: Any, values: Any) -> None:
+    def __init__(self, keys: Any, values: Any, length: int = 0) -> None:
         super().__init__()
         self.key_buffer, self.value_buffer = keys, values
         self.device = keys.device
         self.is_initialized = True
-        self.set_length(0)
+        self.set_length(length)
 
     def set_length(self, length: int) -> None:
         self.length = length
@@ -98,14 +98,28 @@ def preallocated_cache(model: Any, batch_size: int, capacity: int) -> Any:
     return Cache(layers=layers)
 
 
-def window(cache: Any, rows: slice, start: int) -> Any:
+def window(cache: Any, rows: slice, start: int, filled: int = 0) -> Any:
     """A cache over ``rows`` of ``cache`` from position ``start`` on, writing into its buffers:
-    a prefill group's keys and values land in the decode cache with no copy in between."""
+    a prefill group's keys and values land in the decode cache with no copy in between.
+
+    ``filled``: positions (from ``start``) that already hold keys and values, which the new
+    tokens attend to and which are kept; new positions are written after them. A shared prompt
+    prefix is read this way.
+    """
     return Cache(
         layers=[
             PreallocatedLayer(
-                layer.key_buffer[rows, :, start:], layer.value_buffer[rows, :, start:]
+                layer.key_buffer[rows, :, start:], layer.value_buffer[rows, :, start:], filled
             )
             for layer in cache.layers
         ]
     )
+
+
+def copy_prefix(cache: Any, source: int, rows: slice, length: int) -> None:
+    """Copy the first ``length`` positions of row ``source`` into ``rows``, in every layer: the
+    keys and values of a prompt prefix computed once, for each row whose prompt starts with it.
+    """
+    for layer in cache.layers:
+        for buffer in (layer.key_buffer, layer.value_buffer):
+            buffer[rows, :, :length] = buffer[source : source + 1, :, :length]

@@ -4,13 +4,15 @@ Order: instructions (stage 1) → RL (stage 2, REFINE-AF only) → for each vari
 LoRA fine-tuning (stage 3). Both variants read the same instruction pool, so the REFINE-AF and
 the Self-Instruct baseline adapters differ only by the model that wrote their instances.
 
-The pipeline knows nothing of a stage's internals: it asks each stage (the protocol in
-:mod:`refine_af.stages`) whether it is done and otherwise runs it with ``restart=True``, so a
-stage whose inputs or settings changed sets its stale outputs aside (never deletes them) and
-starts afresh, and an interrupted one resumes. Every input a stage will need is checked before
-stage 1 starts, so a typo in the fine-tuning settings does not surface after an hour of RL. The
-run ends with ``data_card.md`` and ``data_card.json``: counts kept/dropped per filter per stage,
-reward statistics, seeds, versions and time per stage.
+The pipeline knows nothing of a stage's internals: it calls the protocol of
+:mod:`refine_af.stages` only. First every planned stage's ``check``, so a bad input (a typo in
+the fine-tuning settings, SuperNI data without the test tasks) stops the run with one line
+before stage 1 starts, not after an hour of RL. Then, stage by stage, ``is_done`` and otherwise
+``run``, which follows the one resume rule: a stage whose inputs or settings changed sets its
+stale outputs aside (never deletes them) and starts afresh, and an interrupted one continues
+from its last batch or checkpoint (fine-tuning and RL included). ``--restart`` sets every stage's
+outputs aside and starts again. The run ends with ``data_card.md`` and ``data_card.json``:
+counts kept/dropped per filter per stage, reward statistics, seeds, versions and time per stage.
 """
 
 from __future__ import annotations
@@ -19,14 +21,13 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+from refine_af import stages
 from refine_af.config import ConfigError, help_field
 from refine_af.run_dir import RunDirectory, package_versions
+from refine_af.stages import VARIANTS, Stage, Step
 from refine_af.storage import read_json, read_log, write_json_atomic, write_text_atomic
-
-VARIANTS = ("refine_af", "baseline", "seeds_only")
 
 
 @dataclass
@@ -36,8 +37,9 @@ class PipelineConfig:
     variants: list[str] = help_field(  # noqa: RUF009 - help_field is field()
         ["refine_af", "baseline"],
         "Adapters to train: 'refine_af' (instances from the RL adapter), 'baseline' "
-        "(Self-Instruct: instances from the untuned model) and/or 'seeds_only' (the control: "
-        "the 175 seed tasks' own instances). --baseline means ['baseline'].",
+        "(Self-Instruct: instances from the untuned model), 'seeds_only' (the control: "
+        "the 175 seed tasks' own instances) and/or 'seeds_matched' (as many of those as the "
+        "REFINE-AF set kept; listed after refine_af). --baseline means ['baseline'].",
     )
 
     def __post_init__(self) -> None:
@@ -49,68 +51,53 @@ class PipelineConfig:
             )
         if len(set(self.variants)) != len(self.variants):
             raise ConfigError(f"pipeline.variants lists a variant twice: {self.variants}")
+        if "seeds_matched" in self.variants and (
+            "refine_af" not in self.variants
+            or self.variants.index("refine_af") > self.variants.index("seeds_matched")
+        ):
+            raise ConfigError(
+                "pipeline.variants: seeds_matched is sized to the REFINE-AF set; list refine_af "
+                "before it, e.g. [refine_af, baseline, seeds_only, seeds_matched]; got "
+                f"{self.variants}"
+            )
 
 
 def _log(message: str) -> None:
     print(f"[refineaf train] {message}", flush=True)
 
 
-@dataclass(frozen=True)
-class Step:
-    label: str
-    stage: ModuleType
-    variant: str | None = None
-    # A changed stage starts afresh (its old outputs set aside); RL also continues checkpoints.
-    options: tuple[tuple[str, bool], ...] = (("restart", True),)
-
-
 def plan(config: Any) -> list[Step]:
     """The steps of ``refineaf train`` for the configured variants, in order."""
-    from refine_af.stages import instances, instructions, rl, sft
-
-    variants = config.pipeline.variants
-    steps = []
-    if {"refine_af", "baseline"} & set(variants):  # seeds_only needs no generated instruction
-        steps.append(Step("stage 1 (instructions)", instructions))
-    if "refine_af" in variants:
-        steps.append(Step("stage 2 (RL)", rl, options=(("restart", True), ("resume", True))))
-    for variant in variants:
-        steps.append(Step(f"stage 3 (instances, {variant})", instances, variant))
-        steps.append(Step(f"stage 3 (fine-tuning, {variant})", sft, variant))
-    return steps
+    return stages.plan(list(config.pipeline.variants))
 
 
-def check_inputs(config: Any, run_dir: RunDirectory) -> None:
-    """Everything a later stage needs that can be checked now: model, seed tasks, test data,
-    and the TRL arguments of stage 2 and of fine-tuning."""
-    from refine_af.decontamination import find_superni_data
-    from refine_af.models import resolve_model_path
-    from refine_af.seeds import load_seed_tasks, seed_tasks_path
-    from refine_af.stages import rl, sft
-
-    resolve_model_path(config.run.model)
-    load_seed_tasks(seed_tasks_path(config.generate_instructions.seed_tasks))
-    if config.generate_instances.decontaminate:
-        find_superni_data(config.generate_instances.superni_data)
-    if "refine_af" in config.pipeline.variants:
-        rl.trainer_arguments(config.rl, run_dir.path / "rl", config.run.seed)
-    sft.training_arguments(config, run_dir.path / "sft", bf16=False, use_cpu=True)
+def check_inputs(config: Any) -> None:
+    """Every planned stage's ``check``: each input a stage will read, by path and content."""
+    checked: list[Stage] = []
+    for step in plan(config):
+        if not any(step.stage is stage for stage in checked):
+            step.stage.check(config)
+            checked.append(step.stage)
 
 
-def run(config: Any, run_dir: RunDirectory) -> dict[str, Any]:
-    """Run every stage that is not already done; write the data card; return where things are."""
+def run(config: Any, run_dir: RunDirectory, restart: bool = False) -> dict[str, Any]:
+    """Run every stage that is not already done; write the data card; return where things are.
+
+    ``restart`` (``refineaf train --restart``) sets every planned stage's outputs aside and runs
+    it again; otherwise a stage continues what its last attempt left (see refine_af.stages).
+    """
     from refine_af.models import release_memory
 
     started = time.time()
-    check_inputs(config, run_dir)
+    check_inputs(config)
     skipped = []
     for step in plan(config):
-        if step.stage.is_done(config, run_dir, step.variant):
+        if not restart and step.stage.is_done(config, run_dir, step.variant):
             _log(f"{step.label}: unchanged, skipped")
             skipped.append(step.label)
             continue
         _log(f"{step.label}: running")
-        step.stage.run(config, run_dir, step.variant, **dict(step.options))
+        step.stage.run(config, run_dir, step.variant, restart=restart)
         release_memory()  # the stage's models go before the next stage loads its own
     variants = list(config.pipeline.variants)
     card = write_data_card(config, run_dir, variants)

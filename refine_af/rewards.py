@@ -33,7 +33,7 @@ from refine_af.config import ConfigError
 from refine_af.errors import UserError
 from refine_af.filters import instance_reasons
 from refine_af.instance_format import ParsedInstance, parse_instance
-from refine_af.judges import NEAR_COPY_THRESHOLD, NearCopy
+from refine_af.judges import NEAR_COPY_THRESHOLD, Judge, NearCopy
 from refine_af.prompts import INSTANCE_DEMONSTRATION_TEXTS
 from refine_af.scorers import (
     WITH_CONTEXT,
@@ -89,7 +89,7 @@ def combine(
 
 # What the scorers can say about an instance; each is computed only when an active reward
 # reads it.
-SIGNALS = ("reward_model", "understandability", "naturalness", "coherence")
+SIGNALS = ("reward_model", "understandability", "naturalness", "coherence", "judge")
 
 
 @dataclass
@@ -114,7 +114,7 @@ class AutomatedFeedback:
         self.signals = [name for name in SIGNALS if name in signals]
         if "reward_model" in self.signals and reward_model is None:
             raise UserError("a reward reads the reward model's score but no reward model is set")
-        if any(name in DIMENSIONS for name in self.signals) and evaluator is None:
+        if any(name in (*DIMENSIONS, "judge") for name in self.signals) and evaluator is None:
             raise UserError("a reward reads an evaluator dimension but no evaluator is set")
         self.reward_model_scorer = reward_model
         self.evaluator_scorer = evaluator
@@ -166,6 +166,12 @@ class AutomatedFeedback:
                 jobs, self.evaluator_scorer.score(texts), strict=True
             ):
                 signals[dimension][index] = value
+        if parsed and "judge" in self.signals:
+            assert self.evaluator_scorer is not None
+            items = [(instructions[i], inst.input, inst.output) for i, inst in parsed]
+            judged = Judge(self.evaluator_scorer).instance_scores(items)
+            for (index, _), value in zip(parsed, judged, strict=True):
+                signals["judge"][index] = value
         return Feedback(list(instructions), list(instances), signals)
 
 
@@ -230,6 +236,16 @@ def naturalness(prompts: Any, completions: Any, *, feedback: Feedback, **_: Any)
 def coherence(prompts: Any, completions: Any, *, feedback: Feedback, **_: Any) -> list:
     """UniEval: P(Yes) to "Is this a coherent response given the dialogue history?"."""
     return feedback.signals["coherence"]
+
+
+@register_reward("judge", signals=["judge"])
+def judge(prompts: Any, completions: Any, *, feedback: Feedback, **_: Any) -> list:
+    """P(Yes) to "does the output carry out the instruction on the input?" (beyond the paper).
+
+    The question stage 3's output judge asks (:mod:`refine_af.judges`), few-shot, of the
+    evaluator. How well it ranks instances: ``python benchmarks/reward_validity.py``.
+    """
+    return feedback.signals["judge"]
 
 
 @register_reward("keepable")

@@ -26,6 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from refine_af.batches import Output, set_aside
 from refine_af.errors import UserError
 from refine_af.storage import read_json, write_json_atomic, write_text_atomic
 
@@ -41,7 +42,6 @@ TRACKED_PACKAGES = (
     "rouge_score",
     "vllm",
 )
-KEY_FILE = "key"
 
 
 def package_versions() -> dict[str, str]:
@@ -197,33 +197,17 @@ class RunDirectory:
 
     # -- output folders -------------------------------------------------------------------------
 
-    def claim(self, folder: Path, key: str, restart: bool, contents: str) -> None:
+    def claim(self, folder: Path, key: str, restart: bool, contents: str) -> Path | None:
         """Bind a stage's output folder to the settings and inputs (``key``) that make it.
 
-        A folder holding outputs made with another key is never extended (that would mix two
-        pools): without ``restart`` this raises a one-line error; with it the old folder is set
-        aside under a new name, never deleted, and the stage starts afresh.
+        The one rule (:mod:`refine_af.batches`): outputs of the same key are kept, so the stage
+        continues from its last batch or checkpoint; outputs of another key, or any with
+        ``restart``, are set aside under a new name (never deleted) and the stage starts afresh.
+        Returns where the old outputs went (None: kept, or there were none).
         """
-        key_file = folder / KEY_FILE
-        old_key = key_file.read_text().strip() if key_file.is_file() else None
-        holds_outputs = folder.is_dir() and any(p.name != KEY_FILE for p in folder.iterdir())
-        if holds_outputs and old_key != key:
-            if not restart:
-                raise UserError(
-                    f"{folder} holds {contents} made with other inputs or settings: use another "
-                    "run.output_dir, or pass --restart to set them aside and start again"
-                )
-            self.set_aside(folder, old_key or "unknown")
-        folder.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(key_file, key + "\n")
+        return Output(folder).claim(key, restart, contents)
 
     @staticmethod
     def set_aside(folder: Path, label: str) -> Path:
         """Rename ``folder`` to a free ``<name>.replaced-<label>[-n]`` sibling; return it."""
-        aside = folder.with_name(f"{folder.name}.replaced-{label}")
-        number = 1
-        while aside.exists():
-            number += 1
-            aside = folder.with_name(f"{folder.name}.replaced-{label}-{number}")
-        folder.rename(aside)
-        return aside
+        return set_aside(folder, label)

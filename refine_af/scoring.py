@@ -8,9 +8,11 @@ are the ones stage 2 logs for the same instances.
 
 The output holds every input row with a ``rewards`` object added: each active reward's value and
 ``combined`` (the weighted sum, intercept included); a row with an empty output is not scored
-(``rewards: null``). It is written as it goes, one batch at a time; running the same command again
-continues after the last complete batch. ``OUTPUT.key`` records which input and settings the
-output belongs to, so a changed command never appends to another's output.
+(``rewards: null``). It is written as it goes, one batch at a time (refine_af.batches, the log
+format of every stage); running the same command again continues after the last complete batch.
+``OUTPUT.key`` records which input and settings the output belongs to: a changed command sets the
+old output aside (``OUTPUT.replaced-<key>``, never deleted) instead of appending to it, and so
+does ``--restart``.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from refine_af.batches import Output, run_batches
 from refine_af.config import fingerprint, to_dict
 from refine_af.errors import UserError
 from refine_af.instance_format import ParsedInstance
-from refine_af.storage import append_records, file_digest, read_log, read_records
+from refine_af.storage import file_digest, read_log, read_records
 
 # The rl settings that decide the scores (not the batch size or the device).
 SCORING_SETTINGS = (
@@ -75,27 +78,30 @@ def output_key(config: Any, input_path: Path) -> str:
     )
 
 
-def resume_from(output: Path, key: str, items: list[Instance]) -> int:
-    """How many rows the output already holds for this input and these settings."""
-    key_file = output.with_name(output.name + ".key")
-    if not output.exists():
-        return 0
-    if not key_file.is_file() or key_file.read_text().strip() != key:
-        raise UserError(
-            f"{output} holds scores of another input or other settings: give another --output "
-            "or delete it"
-        )
+def scored_rows(output: Path, items: list[Instance]) -> list[dict[str, Any]]:
+    """The rows a kept output already holds (a torn last row is cut off by the log reader)."""
     done = read_log(output)
     if len(done) > len(items) or any(
         record.get("instruction") != item.row.get("instruction")
         for record, item in zip(done, items, strict=False)
     ):
-        raise UserError(f"{output} does not match the rows of the input: delete it to start again")
-    return len(done)
+        raise UserError(
+            f"{output} does not match the rows of the input: run again with --restart to set it "
+            "aside and start again"
+        )
+    return done
 
 
-def run(config: Any, input_path: Path, output_path: Path, batch_rows: int = 64) -> dict[str, Any]:
-    """Score every row of ``input_path`` into ``output_path`` (continuing a partial output)."""
+def run(
+    config: Any,
+    input_path: Path,
+    output_path: Path,
+    batch_rows: int = 64,
+    restart: bool = False,
+) -> dict[str, Any]:
+    """Score every row of ``input_path`` into ``output_path``, after the one resume rule: an
+    output of the same input and settings is continued after its last complete batch, one of
+    others (or any with ``restart``) is set aside with its key file, never deleted."""
     from refine_af.models import choose_placement
     from refine_af.stages.rl import load_scorers, weighted_rewards
 
@@ -104,34 +110,23 @@ def run(config: Any, input_path: Path, output_path: Path, batch_rows: int = 64) 
     if input_path.resolve() == output_path.resolve():
         raise UserError("--output must differ from --input: the input is read, never rewritten")
     items = read_instances(input_path)
-    key = output_key(config, input_path)
-    done = resume_from(output_path, key, items)
-    if done < len(items):
+    Output(output_path, is_folder=False).claim(output_key(config, input_path), restart, "scores")
+    records = scored_rows(output_path, items)
+    if len(records) < len(items):
         device = config.rl.scorer_device
         if device == "auto":
             device = choose_placement(config.run.device, config.run.dtype).device
         rewards = weighted_rewards(config, load_scorers(config, device))
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        output_path.with_name(output_path.name + ".key").write_text(key + "\n")
-        progress = tqdm(total=len(items), initial=done, unit="row", desc="scoring")
-        while done < len(items):
-            batch = items[done : done + batch_rows]
-            scorable = [item for item in batch if item.instance is not None]
-            samples = rewards.score_instances(
-                [item.instruction for item in scorable],
-                [item.instance for item in scorable if item.instance is not None],
-            )
-            by_item = dict(zip((id(item) for item in scorable), samples, strict=True))
-            records = []
-            for item in batch:
-                sample = by_item.get(id(item))
-                scores = None if sample is None else {**sample.values, "combined": sample.combined}
-                records.append({**item.row, "rewards": scores})
-            append_records(output_path, records)
-            done += len(batch)
-            progress.update(len(batch))
+        progress = tqdm(total=len(items), initial=len(records), unit="row", desc="scoring")
+
+        def next_batch(done: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+            if len(done) >= len(items):
+                return None
+            return score_batch(rewards, items[len(done) : len(done) + batch_rows])
+
+        run_batches(output_path, next_batch, lambda batch: progress.update(len(batch)), records)
         progress.close()
-    scored = [r["rewards"] for r in read_log(output_path) if r.get("rewards")]
+    scored = [r["rewards"] for r in records if r.get("rewards")]
     combined = [s["combined"] for s in scored]
     return {
         "rows": len(items),
@@ -140,3 +135,19 @@ def run(config: Any, input_path: Path, output_path: Path, batch_rows: int = 64) 
         "mean_combined": round(sum(combined) / len(combined), 4) if combined else None,
         "output": str(output_path),
     }
+
+
+def score_batch(rewards: Any, batch: list[Instance]) -> list[dict[str, Any]]:
+    """The output rows of one batch: every input row with its ``rewards`` (None: empty output)."""
+    scorable = [item for item in batch if item.instance is not None]
+    samples = rewards.score_instances(
+        [item.instruction for item in scorable],
+        [item.instance for item in scorable if item.instance is not None],
+    )
+    by_item = dict(zip((id(item) for item in scorable), samples, strict=True))
+    rows = []
+    for item in batch:
+        sample = by_item.get(id(item))
+        scores = None if sample is None else {**sample.values, "combined": sample.combined}
+        rows.append({**item.row, "rewards": scores})
+    return rows

@@ -179,3 +179,71 @@ def test_fast_greedy_equals_generate_on_default_model(seed_tasks_file: Path) -> 
     for stop in [(), ("\n\n",)]:
         greedy = SamplingParams(max_new_tokens=48, temperature=0.0, stop=stop)
         assert fast.generate(prompts, greedy) == reference.generate(prompts, greedy)
+
+
+# Prompts sharing long token prefixes: two "tasks" (a definition each, several inputs), one
+# prompt that is a prefix of another, a repeated prompt, and one that shares nothing.
+_DEFINITION_A = (
+    "Definition: In this task you are given a short sentence about an animal. Write a title "
+    "for it in at most five words, using only words from the sentence.\n\nInput: "
+)
+_DEFINITION_B = (
+    "Definition: Given a question about everyday objects, answer it with one word taken from "
+    "the list of options that follows the question.\n\nInput: "
+)
+SHARED_PROMPTS = [
+    _DEFINITION_A + "The cat sat on the warm mat all afternoon.\nOutput:",
+    _DEFINITION_B + "What do you cut bread with? Options: knife, spoon.\nOutput:",
+    _DEFINITION_A + "A dog ran.\nOutput:",
+    _DEFINITION_A + "The cat sat on the warm mat all afternoon.",
+    _DEFINITION_B + "Where do you keep milk cold? Options: fridge, oven, drawer.\nOutput:",
+    "Tell me a much longer story about a cat named",
+    _DEFINITION_A + "A dog ran.\nOutput:",
+    _DEFINITION_A + "Birds of many colours sing in the old oak tree every spring morning.\nOutput:",
+]
+
+
+def test_prefix_groups_share_the_longest_common_token_prefix() -> None:
+    from refine_af.generation import prefix_groups
+
+    head = list(range(100, 120))
+    rows = [
+        [*head, 1, 2, 3],
+        [7] * 30,
+        [*head, 1, 2],
+        [*head, 9],
+        [*([7] * 30), 8],  # shares 30 tokens, but a row keeps one token of its own: 29
+        [5, 6],
+    ]
+    groups = prefix_groups(rows, min_shared=16)
+    assert (20, [0, 2, 3]) in groups  # longest first within a group
+    assert (29, [4, 1]) in groups
+    assert groups[-1] == (0, [5])  # nothing shared: its own group, last
+    assert prefix_groups(rows, min_shared=40) == [(0, [4, 1, 0, 2, 3, 5])]
+    # A row joins only if the group then saves at least as many tokens: 3 x 16 < 2 x 25.
+    long_head = [*head, 200, 201, 202, 203, 204]
+    rows = [[*long_head, 1], [*long_head, 2], [*long_head, 3], [*head[:16], 500]]
+    assert prefix_groups(rows, min_shared=16) == [(25, [0, 1, 2]), (0, [3])]
+    rows = [[*long_head, 1], [*long_head, 2], [*head[:20], 500]]  # 2 x 20 >= 1 x 25
+    assert prefix_groups(rows, min_shared=16) == [(20, [0, 1, 2])]
+
+
+@pytest.mark.parametrize("batch_size", [3, 8])
+def test_shared_prefixes_change_no_greedy_answer(tiny_model_dir: Path, batch_size: int) -> None:
+    """A prefix computed once and copied gives the same tokens as each row computed alone."""
+    from refine_af.generation import TransformersBackend
+
+    fast, reference = _backends(tiny_model_dir, batch_size)
+    model, tokenizer = fast.model, fast.tokenizer  # type: ignore[attr-defined]
+    plain = TransformersBackend(model, tokenizer, batch_size, share_prefixes=False)
+    greedy = SamplingParams(max_new_tokens=12, temperature=0.0, stop=("\n\n",))
+    expected = reference.generate(SHARED_PROMPTS, greedy)
+    assert plain.generate(SHARED_PROMPTS, greedy) == expected
+    assert fast.generate(SHARED_PROMPTS, greedy) == expected
+    assert plain.timing.reused_prefix_tokens == 0
+    assert fast.timing.reused_prefix_tokens > 0  # it did share
+    ids = tokenizer(SHARED_PROMPTS)["input_ids"]
+    assert fast.generate_ids(ids, greedy) == plain.generate_ids(ids, greedy)
+    # Penalties and the cache growing from one position see the same rows.
+    penalised = SamplingParams(max_new_tokens=12, temperature=0.0, presence_penalty=1.5)
+    assert fast.generate(SHARED_PROMPTS, penalised) == reference.generate(SHARED_PROMPTS, penalised)

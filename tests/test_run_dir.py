@@ -54,7 +54,7 @@ def test_set_aside_never_deletes_an_earlier_copy(tmp_path: Path) -> None:
     run_dir = RunDirectory(tmp_path)
     folder = tmp_path / "stage"
     for number, key in enumerate(["a", "b", "c", "b", "c"]):
-        run_dir.claim(folder, key, restart=True, contents="outputs")
+        run_dir.claim(folder, key, restart=False, contents="outputs")
         (folder / "log").write_text(str(number))
     asides = sorted(p.name for p in tmp_path.glob("stage.replaced-*"))
     assert asides == [
@@ -64,8 +64,25 @@ def test_set_aside_never_deletes_an_earlier_copy(tmp_path: Path) -> None:
         "stage.replaced-c",
     ]
     assert sorted((tmp_path / name / "log").read_text() for name in asides) == ["0", "1", "2", "3"]
-    with pytest.raises(UserError, match="--restart"):
-        run_dir.claim(folder, "d", restart=False, contents="outputs")
+
+
+def test_one_rule_same_key_continues_other_key_or_restart_sets_aside(tmp_path: Path) -> None:
+    run_dir = RunDirectory(tmp_path)
+    folder = tmp_path / "stage"
+    assert run_dir.claim(folder, "k", restart=False, contents="outputs") is None
+    (folder / "batches.jsonl").write_text("{}\n")
+    # Same key: kept as it is (the stage continues from it).
+    assert run_dir.claim(folder, "k", restart=False, contents="outputs") is None
+    assert (folder / "batches.jsonl").is_file()
+    # --restart on the same key: set aside, the folder starts empty with the key.
+    aside = run_dir.claim(folder, "k", restart=True, contents="outputs")
+    assert aside == tmp_path / "stage.replaced-k" and (aside / "batches.jsonl").is_file()
+    assert sorted(p.name for p in folder.iterdir()) == ["key"]
+    (folder / "batches.jsonl").write_text("{}\n")
+    # Another key: set aside without being asked.
+    aside = run_dir.claim(folder, "other", restart=False, contents="outputs")
+    assert aside == tmp_path / "stage.replaced-k-2"
+    assert (folder / "key").read_text() == "other\n"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")

@@ -11,7 +11,6 @@ from click.testing import CliRunner
 
 from refine_af import scoring
 from refine_af.cli import cli
-from refine_af.errors import UserError
 from refine_af.rewards import PAPER_INTERCEPT, PAPER_WEIGHTS
 from refine_af.scorers import UNIEVAL_QUESTIONS
 from refine_af.storage import read_log
@@ -143,12 +142,15 @@ def test_an_interrupted_scoring_continues_to_the_same_bytes(
     summary = scoring.run(config, source, broken, batch_rows=2)
     assert broken.read_bytes() == straight.read_bytes()
     assert summary["rows"] == 5 and summary["scored"] == 4
-    # Other settings never append to this output.
+    # Other settings never append to this output: it is set aside (with its key), never lost.
     changed = load_config(
         "paper", [*paper_overrides(oasst_rm_standin, unieval_standin), "rl.reward_intercept=0"]
     )
-    with pytest.raises(UserError, match="other settings"):
-        scoring.run(changed, source, broken)
+    scoring.run(changed, source, broken)
+    asides = sorted(tmp_path.glob("broken.jsonl.replaced-*"))
+    assert [p.name.endswith(".key") for p in asides] == [False, True]
+    assert asides[0].read_bytes() == straight.read_bytes()
+    assert broken.read_bytes() != straight.read_bytes()  # the intercept moved every score
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,14 @@ class RowConfig:
             "over its runs. Empty: the base model as is."
         },
     )
+    apply_chat_template: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Wrap this row's prompts in the model's chat template; empty: the eval "
+            "config's apply_chat_template. A chat model's untouched row is fair only with it "
+            "(vanilla_chat), and adapters trained with sft.text_format=chat are read the same way."
+        },
+    )
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):

@@ -27,6 +27,7 @@ Multi-GPU: ``backend: vllm`` runs lm-eval's vLLM model (``tensor_parallel_size``
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import importlib.util
 import logging
@@ -106,7 +107,7 @@ def adapter_command(path: Path, model: str) -> str | None:
         extra += f" run.model={model}"
     if variant == "seeds_only" and config == "paper":  # not among the paper config's variants
         return f"refineaf train -c {config}{extra} 'pipeline.variants=[seeds_only]'"
-    if variant in ("baseline", "refine_af", "seeds_only"):
+    if variant in ("baseline", "refine_af", "seeds_only", "seeds_matched"):
         return f"refineaf train -c {config}{extra}"
     return None
 
@@ -600,6 +601,8 @@ def evaluate_row(
     config: EvalConfig, row: RowConfig, model_path: str, output_dir: Path, restart: bool = False
 ) -> list[list[dict[str, Any]]] | None:
     """Every run of a row; a list of per-instance record lists (None outside rank 0)."""
+    if row.apply_chat_template is not None:  # the row's own prompt format (part of its key)
+        config = dataclasses.replace(config, apply_chat_template=row.apply_chat_template)
     runs = []
     for label, adapter in zip(row.run_labels(), row.adapters(), strict=True):
         folder = output_dir / row.name / label if label else output_dir / row.name

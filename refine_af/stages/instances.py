@@ -46,6 +46,7 @@ from refine_af.prompts import (
     parse_instances,
 )
 from refine_af.run_dir import RunDirectory
+from refine_af.stages import VARIANTS
 from refine_af.storage import (
     append_records,
     directory_digest,
@@ -57,9 +58,11 @@ from refine_af.storage import (
 )
 
 STAGE_DIR = "instances"
-VARIANTS = ("refine_af", "baseline", "seeds_only")
 # The control: the human-written seed tasks' own instances, no generated data at all.
 SEEDS_ONLY = "seeds_only"
+# The same control subsampled to the size of the REFINE-AF set: how good, at equal size.
+SEEDS_MATCHED = "seeds_matched"
+SEED_VARIANTS = (SEEDS_ONLY, SEEDS_MATCHED)
 RL_ADAPTER = Path("rl") / "adapter"  # where stage 2 leaves its final adapter
 INSTRUCTIONS_FILE = Path("instructions") / "instructions.jsonl"
 
@@ -167,7 +170,7 @@ def instructions_path(run_dir: RunDirectory) -> Path:
 
 def adapter_for(run_dir: RunDirectory, variant: str) -> Path | None:
     """The adapter that writes this variant's instances (None: the base model, or no model)."""
-    if variant in ("baseline", SEEDS_ONLY):
+    if variant in ("baseline", *SEED_VARIANTS):
         return None
     adapter = run_dir.path / RL_ADAPTER
     if not (adapter / "adapter_config.json").is_file():
@@ -211,11 +214,13 @@ def key(config: Any, run_dir: RunDirectory, variant: str | None = None) -> str:
 
         data = find_superni_data(config.generate_instances.superni_data)
         data_key = file_key(data) if data is not None else None
-    if variant == SEEDS_ONLY:
+    if variant in SEED_VARIANTS:
         from refine_af.seeds import seed_tasks_path
 
         seeds = file_digest(seed_tasks_path(config.generate_instructions.seed_tasks))
-        return fingerprint(variant, seeds, settings["decontaminate"], data_key)
+        size = matched_size(run_dir) if variant == SEEDS_MATCHED else None
+        seed = config.run.seed if variant == SEEDS_MATCHED else None
+        return fingerprint(variant, seeds, settings["decontaminate"], data_key, size, seed)
     judge = judge_identity(config) if settings["output_judge"] is not None else None
     return fingerprint(
         settings,
@@ -229,13 +234,32 @@ def key(config: Any, run_dir: RunDirectory, variant: str | None = None) -> str:
     )
 
 
+def check(config: Any) -> None:
+    """The inputs, before any stage runs: the model resolves, the seed tasks parse (the
+    ``seeds_only`` control's instances), and the SuperNI data for decontamination, when set,
+    holds test tasks (read with the reader the stage uses)."""
+    from refine_af.compat import check_generation_support
+    from refine_af.decontamination import find_superni_data, read_superni_texts
+    from refine_af.models import resolve_model_path
+    from refine_af.seeds import load_seed_tasks, seed_tasks_path
+
+    stage_config: InstanceGenerationConfig = config.generate_instances
+    resolve_model_path(config.run.model)
+    check_generation_support(config)
+    load_seed_tasks(seed_tasks_path(config.generate_instructions.seed_tasks))
+    if stage_config.decontaminate:
+        data = find_superni_data(stage_config.superni_data)
+        if data is not None:
+            read_superni_texts(data)
+
+
 def stage_name(variant: str) -> str:
     return f"{STAGE_DIR}:{variant}"
 
 
 def extent(config: Any, variant: str) -> int | None:
     """How far the stage goes: the instruction limit (the seed tasks are always all used)."""
-    return None if variant == SEEDS_ONLY else config.generate_instances.max_instructions
+    return None if variant in SEED_VARIANTS else config.generate_instances.max_instructions
 
 
 def is_done(config: Any, run_dir: RunDirectory, variant: str | None = None) -> bool:
@@ -471,8 +495,8 @@ def run(
     from refine_af.models import load_tokenizer, resolve_model_path
 
     variant = check_variant(variant)
-    if variant == SEEDS_ONLY:
-        return seed_instances(config, run_dir, restart=restart)
+    if variant in SEED_VARIANTS:
+        return seed_instances(config, run_dir, restart=restart, variant=variant)
     stage_config: InstanceGenerationConfig = config.generate_instances
     adapter = adapter_for(run_dir, variant)
     instructions = load_instructions(instructions_path(run_dir))
@@ -557,18 +581,36 @@ def run(
     return result
 
 
-def seed_instances(config: Any, run_dir: RunDirectory, restart: bool = False) -> dict[str, Any]:
+def matched_size(run_dir: RunDirectory) -> int:
+    """How many instances the REFINE-AF set kept (what ``seeds_matched`` subsamples to)."""
+    path = run_dir.path / STAGE_DIR / "refine_af" / "instances.jsonl"
+    if not path.is_file():
+        raise UserError(
+            f"{path} does not exist: seeds_matched is sized to the REFINE-AF set; make it first "
+            "(list refine_af before seeds_matched in pipeline.variants)"
+        )
+    return len(read_records(path, "run generate-instances --variant refine_af again"))
+
+
+def seed_instances(
+    config: Any, run_dir: RunDirectory, restart: bool = False, variant: str = SEEDS_ONLY
+) -> dict[str, Any]:
     """The ``seeds_only`` control: the 175 seed tasks' own (human-written) instances, with the
     same decontamination as generated ones and nothing generated. Fine-tuning on them with the
-    same settings tells what the generated data adds beyond a small human-written set."""
+    same settings tells what the generated data adds beyond a small human-written set.
+
+    ``seeds_matched`` draws as many of them (``run.seed``) as the REFINE-AF set kept, so a
+    comparison with it separates how good the data is from how much there is."""
+    import random
+
     from refine_af.seeds import load_seed_tasks, seed_tasks_path
 
     stage_config: InstanceGenerationConfig = config.generate_instances
     seeds = load_seed_tasks(seed_tasks_path(config.generate_instructions.seed_tasks))
-    stage_key = key(config, run_dir, SEEDS_ONLY)
-    folder = run_dir.path / STAGE_DIR / SEEDS_ONLY
+    stage_key = key(config, run_dir, variant)
+    folder = run_dir.path / STAGE_DIR / variant
     run_dir.claim(folder, stage_key, restart, "instances")
-    with run_dir.stage(stage_name(SEEDS_ONLY), stage_key) as status:
+    with run_dir.stage(stage_name(variant), stage_key) as status:
         decontaminator = build_decontaminator(
             stage_config.decontaminate,
             stage_config.superni_data,
@@ -593,10 +635,21 @@ def seed_instances(config: Any, run_dir: RunDirectory, restart: bool = False) ->
                         "is_classification": task.is_classification,
                     }
                 )
+        subsampled = 0
+        if variant == SEEDS_MATCHED:
+            size = matched_size(run_dir)
+            if size > len(records):
+                raise UserError(
+                    f"the REFINE-AF set kept {size} instances but the seed tasks have only "
+                    f"{len(records)}: seeds_matched cannot match it; compare with seeds_only"
+                )
+            chosen = sorted(random.Random(config.run.seed).sample(range(len(records)), size))
+            subsampled = len(records) - size
+            records = [records[index] for index in chosen]
         write_records_atomic(folder / "instances.jsonl", records)
         used = {record["instruction_id"] for record in records}
         result = {
-            "variant": SEEDS_ONLY,
+            "variant": variant,
             "instructions": {
                 "available": len(seeds),
                 "dropped_contaminated": sum(
@@ -610,7 +663,8 @@ def seed_instances(config: Any, run_dir: RunDirectory, restart: bool = False) ->
             "unparsed_completions": 0,
             "candidates": sum(len(task.instances) for task in seeds),
             "kept": len(records),
-            "dropped": {reason: dropped.get(reason, 0) for reason in INSTANCE_DROP_REASONS},
+            "dropped": {reason: dropped.get(reason, 0) for reason in INSTANCE_DROP_REASONS}
+            | ({"subsampled_to_refine_af_size": subsampled} if variant == SEEDS_MATCHED else {}),
             "decontamination": decontaminator.describe(),
         }
         write_json_atomic(folder / "summary.json", result)

@@ -255,6 +255,17 @@ def run_batch(
     }
 
 
+def initial_drafts(path: Path) -> list[tuple[str, bool, dict[str, Any]]]:
+    """The ``initial_instructions`` file as drafts for :func:`screen` (one line on a bad record)."""
+    drafts = []
+    for number, record in enumerate(read_records(path, "each line needs an 'instruction'"), 1):
+        text = record.get("instruction")
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"{path} record {number} has no 'instruction' string")
+        drafts.append((" ".join(text.split()), False, {"source": str(path), "record": number}))
+    return drafts
+
+
 def initial_batch(
     path: Path,
     backend: GenerationBackend,
@@ -266,12 +277,7 @@ def initial_batch(
 ) -> dict[str, Any]:
     """Batch 0 when ``initial_instructions`` is set: the file's instructions, through the same
     filters and classification check as generated ones, without generating."""
-    drafts = []
-    for number, record in enumerate(read_records(path, "each line needs an 'instruction'"), 1):
-        text = record.get("instruction")
-        if not isinstance(text, str) or not text.strip():
-            raise UserError(f"{path} record {number} has no 'instruction' string")
-        drafts.append((" ".join(text.split()), False, {"source": str(path), "record": number}))
+    drafts = initial_drafts(path)
     candidates = screen(drafts, pool, 0, judge, config.instruction_judge)
     classify(candidates, backend, tokenizer, seeds, config)
     return {"batch": 0, "prompts": 0, "new_tokens": 0, "initial": True, "candidates": candidates}
@@ -319,6 +325,21 @@ def initial_instructions_path(config: InstructionGenerationConfig) -> Path | Non
             f"generate_instructions.initial_instructions {path} does not exist: give a JSONL file"
         )
     return path
+
+
+def check(config: Any) -> None:
+    """The inputs, before any stage runs: the model resolves, the seed tasks and the
+    ``initial_instructions`` file parse."""
+    from refine_af.compat import check_generation_support
+    from refine_af.models import resolve_model_path
+
+    stage_config: InstructionGenerationConfig = config.generate_instructions
+    resolve_model_path(config.run.model)
+    check_generation_support(config)
+    load_seed_tasks(seed_tasks_path(stage_config.seed_tasks))
+    initial = initial_instructions_path(stage_config)
+    if initial is not None:
+        initial_drafts(initial)
 
 
 def is_done(config: Any, run_dir: RunDirectory, variant: str | None = None) -> bool:

@@ -10,7 +10,7 @@ weights is loaded.
 
 Outputs in ``RUN/rl/``::
 
-    checkpoints/checkpoint-N/   trainer checkpoints (adapter, optimizer, RNG), for --resume
+    checkpoints/checkpoint-N/   trainer checkpoints (adapter, optimizer, RNG): a run resumes here
     adapter/                    the final PEFT adapter (adapter_config.json + safetensors)
     metrics.jsonl               one line per logged step: reward components, combined reward,
                                 format-penalty rate, KL, loss
@@ -61,7 +61,7 @@ from refine_af.trl_args import trainer_config
 
 STAGE = "rl"
 INSTRUCTIONS_FILE = Path("instructions") / "instructions.jsonl"
-# Settings that may change between a run and its --resume without changing what the
+# Settings that may change between a run and its continuation without changing what the
 # checkpoints mean (they are left out of the stage key).
 RESUMABLE_SETTINGS = (
     "max_steps",
@@ -94,7 +94,7 @@ class RLConfig:
     trainer: Literal["grpo", "rloo"] = help_field(
         "grpo", "TRL trainer: 'grpo' (PPO-style clipped objective, group advantages) or 'rloo'."
     )
-    max_steps: int = help_field(30, "Optimizer steps (raise it and --resume to train longer).")
+    max_steps: int = help_field(30, "Optimizer steps (raise it and run again to train longer).")
     learning_rate: float = help_field(1e-4, "AdamW learning rate of the LoRA weights.")
     lr_scheduler_type: str = help_field(
         "constant", "Learning-rate schedule ('constant', 'linear', 'cosine', ...)."
@@ -107,6 +107,12 @@ class RLConfig:
         384, "Prompt token limit: instructions whose prompt is longer are skipped."
     )
     max_completion_length: int = help_field(64, "Token limit of one completion (the instance).")
+    mask_truncated_completions: bool = help_field(
+        False,
+        "Leave completions cut off by max_completion_length out of the loss (TRL's option): "
+        "a policy then gains nothing by filling the length cap, which stage 3 drops as cut off. "
+        "Off in the paper's setting.",
+    )
     temperature: float = help_field(1.0, "Sampling temperature of the policy.")
     beta: float = help_field(
         0.04, "KL coefficient against the reference (the base model: LoRA adapter switched off)."
@@ -279,6 +285,17 @@ def key(config: Any, run_dir: RunDirectory, variant: str | None = None) -> str:
     return fingerprint(settings, config.run.model, config.run.seed, instructions)
 
 
+def check(config: Any) -> None:
+    """The inputs, before any stage runs: the model resolves, TRL accepts the trainer arguments
+    and this TRL/transformers offers what the stage's speed-ups call (refine_af.compat)."""
+    from refine_af.compat import check_rl_support
+    from refine_af.models import resolve_model_path
+
+    resolve_model_path(config.run.model)
+    trainer_arguments(config.rl, Path(config.run.output_dir) / STAGE, config.run.seed)
+    check_rl_support(config.rl)
+
+
 def is_done(config: Any, run_dir: RunDirectory, variant: str | None = None) -> bool:
     return (
         run_dir.is_done(STAGE, key(config, run_dir), config.rl.max_steps)
@@ -308,6 +325,8 @@ def metrics_record(step: int, logs: dict[str, Any]) -> dict[str, Any] | None:
         "loss": "loss",
         "learning_rate": "learning_rate",
         "completions/mean_length": "completion_length",
+        # Share of completions cut off by max_completion_length (stage 3 drops those).
+        "completions/clipped_ratio": "clipped_ratio",
         "entropy": "entropy",
     }
     for key, name in renames.items():
@@ -413,6 +432,7 @@ def trainer_arguments(
         "per_device_train_batch_size": settings.per_device_train_batch_size,
         "num_generations": settings.num_generations,
         "max_completion_length": settings.max_completion_length,
+        "mask_truncated_completions": settings.mask_truncated_completions,
         "temperature": settings.temperature,
         "beta": settings.beta,
         "reward_weights": weights,
@@ -483,16 +503,27 @@ def build_trainer(
     arguments: Any,
     callbacks: list[Any],
 ) -> Any:
-    """A GRPOTrainer or RLOOTrainer with a LoRA adapter on ``model``."""
+    """A GRPOTrainer or RLOOTrainer with a LoRA adapter on ``model``.
+
+    The speed-ups that call TRL's private or experimental APIs are used only when this TRL
+    offers them (refine_af.compat); otherwise TRL's own code runs, with a note.
+    """
     from datasets import Dataset
     from trl import GRPOTrainer, RLOOTrainer
 
+    from refine_af import compat
+
+    grpo = settings.trainer == "grpo"
     extra: dict[str, Any] = {}
-    if settings.trainer == "grpo" and settings.fast_generation and not settings.use_vllm:
+    if grpo and settings.fast_generation and not settings.use_vllm and compat.use_rollout_func():
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental
         extra["rollout_func"] = make_rollout(settings, tokenizer)
     trainer_class = RLOOTrainer if settings.trainer == "rloo" else GRPOTrainer
-    if settings.trainer == "grpo" and settings.share_prompts:
+    if (
+        grpo
+        and settings.share_prompts
+        and compat.use_shared_prompts(model, settings.gradient_checkpointing)
+    ):
         from refine_af.shared_prompt import SharedPromptMixin
 
         trainer_class = type("SharedPromptGRPOTrainer", (SharedPromptMixin, GRPOTrainer), {})
@@ -550,8 +581,9 @@ def checkpoint_step(checkpoint: Path) -> int:
     return int(state.get("global_step", 0))
 
 
-def load_scorers(config: Any, device: str) -> tuple[Any, Any]:
-    """The reward model and evaluator the active rewards need (None for one not needed)."""
+def load_scorers(config: Any, device: str, signals: set[str] | None = None) -> tuple[Any, Any]:
+    """The reward model and evaluator the active rewards need (None for one not needed), or
+    those ``signals`` need when given (``refineaf score --labels`` scores every reward)."""
     from refine_af.rewards import needed_signals
     from refine_af.scorers import ScorerLoader, ScorerSettings
 
@@ -569,7 +601,8 @@ def load_scorers(config: Any, device: str) -> tuple[Any, Any]:
             trust_remote_code=config.run.trust_remote_code,
         )
     )
-    signals = needed_signals(settings.reward_weights)
+    if signals is None:
+        signals = needed_signals(settings.reward_weights)
     reward_model = loader.reward_model() if "reward_model" in signals else None
     evaluator = loader.evaluator() if signals - {"reward_model"} else None
     return reward_model, evaluator
@@ -734,35 +767,22 @@ class RLRecipe:
 
 
 def resume_point(
-    config: Any, run_dir: RunDirectory, stage_key: str, resume: bool, restart: bool, is_main: bool
+    run_dir: RunDirectory, stage_key: str, restart: bool, is_main: bool
 ) -> Path | None:
-    """The checkpoint to continue from, after the resume policy:
-
-    * outputs of other settings or instructions are never mixed in: with ``restart`` they are
-      set aside (never deleted), else refused with one line;
-    * checkpoints of the same settings are continued with ``resume``; ``restart`` alone sets them
-      aside and starts over; with neither they are refused with one line (so a finished or
-      crashed run is never silently extended or overwritten).
+    """The checkpoint to continue from, after the one resume rule (refine_af.batches):
+    checkpoints of the same settings and instructions are continued; those of others, or any
+    with ``restart``, are set aside (never deleted) and training starts from step 0.
 
     Only the main process moves folders; every process reaches the same answer.
     """
     folder = run_dir.path / STAGE
     key_file = folder / "key"
     same_key = key_file.is_file() and key_file.read_text().strip() == stage_key
-    start_over = restart and not resume
     if is_main:
-        if start_over and same_key:
-            run_dir.set_aside(folder, stage_key)
         run_dir.claim(folder, stage_key, restart, "RL checkpoints and logs")
-    elif start_over or not same_key:
+    elif restart or not same_key:
         return None
-    checkpoint = last_checkpoint(folder / "checkpoints")
-    if checkpoint is not None and not resume:
-        raise UserError(
-            f"{folder / 'checkpoints'} holds checkpoints of an earlier run: pass --resume to "
-            f"continue from {checkpoint.name}, or --restart to set them aside and start over"
-        )
-    return checkpoint
+    return last_checkpoint(folder / "checkpoints")
 
 
 @contextlib.contextmanager
@@ -782,7 +802,6 @@ def run(
     run_dir: RunDirectory,
     variant: str | None = None,
     *,
-    resume: bool = False,
     restart: bool = False,
     scorers: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
@@ -790,17 +809,18 @@ def run(
 
     ``config`` is the whole train config; this stage reads ``config.run`` and ``config.rl``.
     ``scorers`` = ``(reward_model, evaluator)`` replaces the configured scorers (tests). A run
-    already done with the same settings is skipped; see :func:`resume_point` for the rest.
+    already done with the same settings is skipped (unless ``restart``); an interrupted one, or
+    one asked for more steps, continues from its last checkpoint (:func:`resume_point`).
     Under ``accelerate launch`` only the main process writes logs and returns the summary.
     """
     from accelerate import PartialState
 
     is_main = PartialState().is_main_process
     stage_key = key(config, run_dir)
-    if is_done(config, run_dir):
+    if not restart and is_done(config, run_dir):
         return {**(read_json(run_dir.path / STAGE / "summary.json") or {}), "skipped": True}
     load_instructions(run_dir)  # a missing or damaged input fails before anything moves
-    checkpoint = resume_point(config, run_dir, stage_key, resume, restart, is_main)
+    checkpoint = resume_point(run_dir, stage_key, restart, is_main)
     recipe = RLRecipe(config, run_dir, is_main)
     recipe.setup(scorers)
     with _stage_record(run_dir, stage_key, config.rl.max_steps, is_main) as status:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from refine_af.callbacks import progress_callback, use_step_progress
 from refine_af.config import ConfigError, fingerprint, help_field, to_dict
@@ -73,6 +73,13 @@ class SFTConfig:
     )
     per_device_train_batch_size: int = help_field(8, "Examples per device per micro-batch.")
     max_length: int = help_field(256, "Tokens per example (prompt + completion); longer: cut.")
+    text_format: Literal["plain", "chat"] = help_field(
+        "plain",
+        "'plain': Self-Instruct's text, '{instruction}\\nInput: {input}\\nOutput:' -> "
+        "' {output}' (base models; eval without a chat template); 'chat': the same request as "
+        "the user turn and the output as the assistant turn, through the model's chat template "
+        "(chat models; eval rows with apply_chat_template: true).",
+    )
     lora_r: int = help_field(8, "LoRA rank.")
     lora_alpha: int = help_field(16, "LoRA scaling numerator (alpha / r scales the update).")
     lora_dropout: float = help_field(0.05, "Dropout on the LoRA input.")
@@ -135,17 +142,25 @@ def instances_path(run_dir: RunDirectory, variant: str) -> Path:
     return path
 
 
-def training_examples(path: Path, limit: int | None = None) -> list[dict[str, str]]:
-    """Prompt-completion pairs in the one fine-tuning format (refine_af.prompts)."""
-    examples = []
+def training_examples(
+    path: Path, limit: int | None = None, text_format: str = "plain"
+) -> list[dict[str, Any]]:
+    """Prompt-completion pairs in the fine-tuning format (refine_af.prompts): plain text, or
+    TRL's conversational form (one user and one assistant message), which SFTTrainer renders
+    with the model's chat template and still trains on the completion only."""
+    examples: list[dict[str, Any]] = []
     for number, record in enumerate(read_records(path, "run generate-instances again"), 1):
         try:
-            examples.append(
-                {
-                    "prompt": training_prompt(record["instruction"], record.get("input", "")),
-                    "completion": training_completion(record["output"]),
-                }
-            )
+            prompt = training_prompt(record["instruction"], record.get("input", ""))
+            if text_format == "chat":
+                examples.append(
+                    {
+                        "prompt": [{"role": "user", "content": prompt}],
+                        "completion": [{"role": "assistant", "content": record["output"].strip()}],
+                    }
+                )
+                continue
+            examples.append({"prompt": prompt, "completion": training_completion(record["output"])})
         except (KeyError, TypeError, AttributeError) as error:
             raise UserError(f"{path} record {number} is not an instance record") from error
     if limit is not None:
@@ -176,6 +191,15 @@ def key(config: Any, run_dir: RunDirectory, variant: str | None = None) -> str:
         config.run.dtype,
         file_digest(instances_path(run_dir, variant)),
     )
+
+
+def check(config: Any) -> None:
+    """What can be checked before any stage runs: the base model resolves and TRL accepts the
+    training arguments (bf16 and the device are decided at run time, not here)."""
+    from refine_af.models import resolve_model_path
+
+    resolve_model_path(config.run.model)
+    training_arguments(config, Path(config.run.output_dir) / STAGE_DIR, bf16=False, use_cpu=True)
 
 
 def is_done(config: Any, run_dir: RunDirectory, variant: str | None = None) -> bool:
@@ -228,7 +252,7 @@ def training_arguments(config: Any, output_dir: Path, bf16: bool, use_cpu: bool)
 
 def build_trainer(
     config: Any,
-    examples: list[dict[str, str]],
+    examples: list[dict[str, Any]],
     output_dir: Path,
     model_path: str | None = None,
     status: StageRecord | None = None,
@@ -247,6 +271,11 @@ def build_trainer(
     bf16 = settings.bf16 if settings.bf16 is not None else placement.dtype == torch.bfloat16
     arguments = training_arguments(config, output_dir, bf16, placement.device == "cpu")
     tokenizer = load_tokenizer(model_path, config.run.trust_remote_code)
+    if settings.text_format == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise UserError(
+            f"sft.text_format is 'chat' but {config.run.model} has no chat template: set "
+            "sft.text_format=plain for a base model"
+        )
     model = load_causal_lm(model_path, placement, config.run.trust_remote_code)
     return SFTTrainer(
         model=model,
@@ -294,8 +323,9 @@ def run(
     """Fine-tune a LoRA adapter on one variant's instances; return the stage summary.
 
     Skipped when the adapter was already trained from the same instances and settings (unless
-    ``restart``). Outputs made from other instances or settings are set aside, never deleted; an
-    interrupted run with the same key resumes from its last checkpoint.
+    ``restart``). An interrupted run with the same key resumes from its last checkpoint (the
+    summary's ``resumed_from`` names it); outputs made from other instances or settings, or any
+    with ``restart``, are set aside, never deleted, and training starts from step 0.
     """
     from refine_af.models import merge_adapter, resolve_model_path
 
@@ -315,13 +345,10 @@ def run(
         summary["merged"] = str(merge_adapter(base_path, adapter, folder / "merged"))
         write_json_atomic(folder / "summary.json", summary)
         return {**summary, "skipped": True}
-    # --restart on the same key trains again from scratch: set the old outputs aside first.
-    if restart and (folder / "key").is_file():
-        run_dir.set_aside(folder, stage_key)
-    run_dir.claim(folder, stage_key, True, "an adapter")
+    run_dir.claim(folder, stage_key, restart, "fine-tuning checkpoints and adapter")
 
     with run_dir.stage(stage_name(variant), stage_key) as status:
-        examples = training_examples(source, settings.max_train_instances)
+        examples = training_examples(source, settings.max_train_instances, settings.text_format)
         trainer = build_trainer(config, examples, checkpoints, base_path, status)
         use_step_progress(trainer, f"fine-tuning ({variant})", {"loss": "loss"})
         resume_from = last_checkpoint(checkpoints)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from refine_af.errors import UserError
 from refine_af.filters import INSTANCE_DROP_REASONS, filter_task_instances, instance_drop_reason
 from refine_af.generation import Completion, SamplingParams
 from refine_af.prompts import (
@@ -220,7 +221,7 @@ def test_resume_after_kill_loses_and_duplicates_nothing(
     assert batches == [0, 1, 2, 3]
 
 
-def test_changed_settings_need_restart(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_changed_settings_set_old_instances_aside(tmp_path: Path, tiny_model_dir: Path) -> None:
     config, run_dir = make_run(tmp_path, tiny_model_dir)
     instances.run(config, run_dir, "baseline", backend=ScriptedBackend())
     changed = load_config(
@@ -232,10 +233,9 @@ def test_changed_settings_need_restart(tmp_path: Path, tiny_model_dir: Path) -> 
             "generate_instances.decontaminate=false",
         ],
     )
-    with pytest.raises(Exception, match="--restart"):
-        instances.run(changed, run_dir, "baseline", backend=ScriptedBackend())
-    summary = instances.run(changed, run_dir, "baseline", restart=True, backend=ScriptedBackend())
+    summary = instances.run(changed, run_dir, "baseline", backend=ScriptedBackend())
     assert summary["batches"] == 3
+    assert list(tmp_path.glob("instances/baseline.replaced-*/batches.jsonl"))  # nothing lost
 
 
 def test_decontamination_drops_instructions(
@@ -312,3 +312,43 @@ def test_seeds_only_control_uses_the_seed_tasks_own_instances(
         "is_classification": first.is_classification,
     }
     assert instances.is_done(config, run_dir, "seeds_only")
+
+
+def test_seeds_matched_draws_as_many_seed_instances_as_refine_af_kept(
+    tmp_path: Path, seed_tasks_file: Path
+) -> None:
+    """The size-matched control: a seeded subsample of seeds_only, sized to the REFINE-AF set,
+    redrawn when that set changes."""
+    overrides = [
+        f"run.output_dir={tmp_path}",
+        f"generate_instructions.seed_tasks={seed_tasks_file}",
+        "generate_instances.decontaminate=false",
+    ]
+    config = load_config("default", overrides)
+    run_dir = RunDirectory(tmp_path)
+    with pytest.raises(UserError, match="list refine_af before seeds_matched"):
+        instances.run(config, run_dir, "seeds_matched")
+    refine_af = tmp_path / "instances" / "refine_af"
+    refine_af.mkdir(parents=True)
+    (refine_af / "instances.jsonl").write_text('{"instruction": "x", "output": "y"}\n' * 40)
+    summary = instances.run(config, run_dir, "seeds_matched")
+    matched = [json.loads(x) for x in (tmp_path / "instances/seeds_matched/instances.jsonl").open()]
+    instances.run(config, run_dir, "seeds_only")
+    every = [json.loads(x) for x in (tmp_path / "instances/seeds_only/instances.jsonl").open()]
+    assert summary["kept"] == len(matched) == 40
+    assert summary["dropped"]["subsampled_to_refine_af_size"] == len(every) - 40
+    assert all(record in every for record in matched)
+    assert [every.index(r) for r in matched] == sorted(every.index(r) for r in matched)
+    assert instances.is_done(config, run_dir, "seeds_matched")
+    # Another seed draws another subsample; a bigger REFINE-AF set makes the old one stale.
+    other = load_config("default", [*overrides, "run.seed=7"])
+    assert instances.key(other, run_dir, "seeds_matched") != instances.key(
+        config, run_dir, "seeds_matched"
+    )
+    (refine_af / "instances.jsonl").write_text('{"instruction": "x", "output": "y"}\n' * 50)
+    assert not instances.is_done(config, run_dir, "seeds_matched")
+
+
+def test_seeds_matched_must_follow_refine_af_in_the_pipeline() -> None:
+    with pytest.raises(UserError, match="list refine_af before it"):
+        load_config("default", ["pipeline.variants=[seeds_matched,refine_af]"])

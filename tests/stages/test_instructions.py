@@ -152,18 +152,13 @@ def test_resume_after_interrupt_matches_uninterrupted_run(
     assert [b["batch"] for b in batches] == list(range(len(batches)))
 
 
-def test_changed_settings_refuse_to_mix_pools(tmp_path: Path, seed_tasks_file: Path, tok) -> None:  # type: ignore[no-untyped-def]
-    from refine_af.errors import UserError
-
+def test_changed_settings_never_mix_pools(tmp_path: Path, seed_tasks_file: Path, tok) -> None:  # type: ignore[no-untyped-def]
     config = make_config(tmp_path / "run", seed_tasks_file, 2)
     instructions.run(config, RunDirectory(tmp_path / "run"), backend=ScriptedLLM(), tokenizer=tok)
     changed = make_config(tmp_path / "run", seed_tasks_file, 2, "generate_instructions.top_p=0.9")
-    with pytest.raises(UserError, match="--restart"):
-        instructions.run(
-            changed, RunDirectory(tmp_path / "run"), backend=ScriptedLLM(), tokenizer=tok
-        )
+    # Other settings: the old pool is set aside (never deleted) and a new one starts.
     summary = instructions.run(
-        changed, RunDirectory(tmp_path / "run"), restart=True, backend=ScriptedLLM(), tokenizer=tok
+        changed, RunDirectory(tmp_path / "run"), backend=ScriptedLLM(), tokenizer=tok
     )
     assert summary["kept"] >= 2
     assert list(tmp_path.glob("run/instructions.replaced-*/batches.jsonl"))  # nothing lost

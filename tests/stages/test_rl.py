@@ -184,19 +184,17 @@ def test_train_steps_move_the_adapter_and_resume(tmp_path, tiny_model_dir, built
 
     # Same settings again: already done, nothing retrained.
     assert rl.run(make_config(tmp_path, tiny_model_dir), run_dir, scorers=scorers)["skipped"]
-    # More steps without --resume: refused, with the way out in the message.
+    # More steps: continues from checkpoint-1 and logs step 2 only once.
     longer = make_config(tmp_path, tiny_model_dir, "rl.max_steps=2")
-    with pytest.raises(UserError, match="pass --resume"):
-        rl.run(longer, run_dir, scorers=scorers)
-    # With --resume: continues from checkpoint-1 and logs step 2 only once.
-    resumed = rl.run(longer, run_dir, resume=True, scorers=scorers)
+    resumed = rl.run(longer, run_dir, scorers=scorers)
     assert resumed["resumed_from"] == "checkpoint-1" and resumed["steps"] == 2
     assert [m["step"] for m in read_log(folder / "metrics.jsonl")] == [1, 2]
     assert {r["step"] for r in read_log(folder / "samples.jsonl")} == {1, 2}
-    # Changing what the checkpoints mean is refused on --resume.
-    other = make_config(tmp_path, tiny_model_dir, "rl.max_steps=3", "rl.beta=0.5")
-    with pytest.raises(UserError, match="other inputs or settings"):
-        rl.run(other, run_dir, resume=True, scorers=scorers)
+    # Changing what the checkpoints mean sets them aside (never deleted) and starts at step 0.
+    other = make_config(tmp_path, tiny_model_dir, "rl.max_steps=1", "rl.beta=0.5")
+    fresh = rl.run(other, run_dir, scorers=scorers)
+    assert fresh["resumed_from"] is None and fresh["steps"] == 1
+    assert list(tmp_path.glob("rl.replaced-*/checkpoints/checkpoint-2"))
 
 
 def test_shared_prompts_train_the_same_first_step(tmp_path, tiny_model_dir, built_trainers):
@@ -385,3 +383,25 @@ def test_two_cpu_processes_with_accelerate_launch(tmp_path, tiny_model_dir):
     # Only the main process logs: one metrics line per step, not two.
     assert [m["step"] for m in read_log(folder / "metrics.jsonl")] == [1, 2]
     assert RunDirectory(tmp_path).stage_status("rl")["state"] == "done"
+
+
+def test_truncated_completions_are_left_out_of_the_loss(tmp_path, tiny_model_dir, built_trainers):
+    """rl.mask_truncated_completions: a random model never ends a completion within 8 tokens, so
+    every completion is cut off; with the mask no token carries loss and the adapter stays at its
+    start (LoRA B = 0), while the same step without the mask moves it."""
+    from safetensors.torch import load_file
+
+    moved = {}
+    for mask in ("true", "false"):
+        run_path = tmp_path / mask
+        write_instructions(run_path)
+        config = make_config(
+            run_path, tiny_model_dir, f"rl.mask_truncated_completions={mask}", "rl.beta=0.0"
+        )
+        rl.run(config, RunDirectory(run_path), scorers=(LengthScorer(), LengthScorer()))
+        assert built_trainers[-1].mask_truncated_completions is (mask == "true")
+        metrics = read_log(run_path / "rl" / "metrics.jsonl")[0]
+        assert metrics["clipped_ratio"] == 1.0
+        weights = load_file(run_path / "rl" / "adapter" / "adapter_model.safetensors")
+        moved[mask] = any(float(v.abs().max()) > 0 for k, v in weights.items() if "lora_B" in k)
+    assert moved == {"true": False, "false": True}

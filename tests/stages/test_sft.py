@@ -100,3 +100,32 @@ def test_missing_instances_is_a_user_error(tmp_path: Path, tiny_model_dir: Path)
 
     with pytest.raises(UserError, match="generate-instances"):
         sft.run(tiny_config(tmp_path, tiny_model_dir), RunDirectory(tmp_path), "baseline")
+
+
+def test_chat_format_trains_on_the_assistant_turn_only(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """sft.text_format=chat: the request is the user turn, rendered by the chat template (what
+    an eval row with apply_chat_template sees); only the assistant's output carries loss."""
+    from transformers import AutoTokenizer
+
+    make_instances(tmp_path)
+    config = tiny_config(tmp_path, tiny_model_dir, "sft.text_format=chat")
+    examples = sft.training_examples(
+        tmp_path / "instances/baseline/instances.jsonl", text_format="chat"
+    )
+    assert examples[1]["prompt"] == [
+        {"role": "user", "content": "Add one to the number 1.\nInput: 1\nOutput:"}
+    ]
+    trainer = sft.build_trainer(config, examples, tmp_path / "ckpt", str(tiny_model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    chat_prompt = tokenizer.apply_chat_template(
+        examples[1]["prompt"], tokenize=False, add_generation_prompt=True
+    )
+    prompt_ids = tokenizer(chat_prompt, add_special_tokens=False)["input_ids"]
+    row = trainer.train_dataset[1]
+    assert row["input_ids"][: len(prompt_ids)] == prompt_ids
+    labels = row["labels"]
+    assert labels[: len(prompt_ids)] == [-100] * len(prompt_ids)
+    completion = tokenizer.decode([t for t in labels if t != -100])
+    assert completion.startswith("2") and "Output" not in completion
