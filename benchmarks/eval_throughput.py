@@ -86,7 +86,7 @@ def main() -> int:
             "--output_path", str(out / "plain"), "--log_samples",
         ]  # fmt: skip
         ours = [
-            sys.executable, "-m", "refine_af.evaluation", "eval", "-c", args.config, "--force",
+            sys.executable, "-m", "refine_af.evaluation", "eval", "-c", args.config, "--restart",
             f"limit={limit}", f"output_dir={out / 'ours'}", f"tasks={json.dumps(tasks)}",
             "rows=[{name: vanilla}]", "bootstrap_samples=0",
         ]  # fmt: skip

@@ -357,7 +357,8 @@ class TransformersBackend:
                 copy_prefix(cache, first, slice(first + 1, first + len(members)), shared)
                 mask[first : first + len(members), :shared] = 1
                 self.timing.reused_prefix_tokens += shared * (len(members) - 1)
-            for start, stop in self._length_groups([len(rows[m]) - shared for m in members]):
+            tail_lengths = [len(rows[m]) - shared for m in members]
+            for start, stop in self._length_groups(tail_lengths, shared):
                 tails = [rows[m][shared:] for m in members[start:stop]]
                 rows_here = slice(first + start, first + stop)
                 left = width - len(tails[0])  # where this group's (padded) tokens start
@@ -371,19 +372,25 @@ class TransformersBackend:
             layer.set_length(width)
         return torch.cat(logits), cache, mask, order
 
-    def _length_groups(self, lengths: list[int]) -> list[tuple[int, int]]:
-        """``[start, stop)`` ranges of ``lengths`` (longest first) to pre-fill together: a range
-        ends when its padding would exceed ``max_prefill_padding`` of its tokens or its padded
-        size ``prefill_tokens``."""
+    def _length_groups(self, lengths: list[int], shared: int = 0) -> list[tuple[int, int]]:
+        """``[start, stop)`` ranges of ``lengths`` (longest first) to pre-fill together.
+
+        A range ends when its padded size would exceed ``prefill_tokens`` or its padding
+        ``max_prefill_padding`` of the prompt tokens its rows stand for, their ``shared`` prefix
+        included: the tail after a shared prefix is short, and a model call per few tokens of
+        length costs more than the padding it avoids.
+        """
         ranges: list[tuple[int, int]] = []
         start = 0
         for stop in range(1, len(lengths) + 1):
             if stop == len(lengths):
                 ranges.append((start, stop))
                 break
-            padded = lengths[start] * (stop - start + 1)
+            rows = stop - start + 1
+            padded = lengths[start] * rows
             real = sum(lengths[start : stop + 1])
-            if padded > self.prefill_tokens or padded - real > self.max_prefill_padding * padded:
+            allowed = self.max_prefill_padding * (padded + shared * rows)
+            if padded > self.prefill_tokens or padded - real > allowed:
                 ranges.append((start, stop))
                 start = stop
         return ranges

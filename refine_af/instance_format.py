@@ -107,8 +107,3 @@ def parse_instance(completion: str) -> ParsedInstance | None:
     if input_text.lower().strip(" .()[]<>\"'") in EMPTY_INPUT_WORDS:
         input_text = ""
     return ParsedInstance(input=input_text, output=output)
-
-
-def format_instance(instance: ParsedInstance) -> str:
-    """The completion text that :func:`parse_instance` reads back as ``instance``."""
-    return f" {instance.input or 'None'}\n{OUTPUT_MARKER} {instance.output}"

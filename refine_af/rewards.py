@@ -68,22 +68,6 @@ def instance_context(instruction: str, input_text: str) -> str:
     return f"{instruction}\nInput: {input_text.strip()}" if input_text.strip() else instruction
 
 
-def combine(
-    values: Mapping[str, float | None], weights: Mapping[str, float], intercept: float
-) -> float:
-    """The weighted reward of one sample: ``intercept + Σ weight·value``.
-
-    A missing or None value (an unparseable completion has none) counts as 0; a value without a
-    weight is ignored.
-    """
-    total = intercept
-    for name, weight in weights.items():
-        value = values.get(name)
-        if value is not None and weight:
-            total += weight * value
-    return total
-
-
 # ---------------------------------------------------------------------------------------------
 # Automated feedback: the scorers' signals for a batch of instances.
 

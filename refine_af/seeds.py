@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,29 +29,12 @@ class SeedTask:
 
 
 def download_seed_tasks(url: str = SEED_TASKS_URL, sha256: str = SEED_TASKS_SHA256) -> Path:
-    """Fetch the pinned seed file once into the cache and verify its checksum."""
+    """Fetch the pinned seed file once into the cache, SHA-256 checked (refine_af.download)."""
+    from refine_af.download import fetch
+
     target = cache_dir() / "self_instruct" / SEED_TASKS_COMMIT / "seed_tasks.jsonl"
-    if target.is_file():
-        return target
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            data = response.read()
-    except OSError as error:
-        raise UserError(
-            f"cannot download the seed tasks from {url} ({error}); pass --seed-tasks PATH or set "
-            f"{SEED_TASKS_ENV} to a local copy of seed_tasks.jsonl"
-        ) from error
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != sha256:
-        raise UserError(
-            f"downloaded seed tasks have sha256 {digest}, expected {sha256}: the source changed; "
-            f"pass --seed-tasks PATH to use a file you trust"
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    partial.write_bytes(data)
-    os.replace(partial, target)
-    return target
+    hint = f"pass --seed-tasks PATH or set {SEED_TASKS_ENV} to a local copy of seed_tasks.jsonl"
+    return fetch(url, target, sha256, hint)
 
 
 def seed_tasks_path(configured: str | None) -> Path:

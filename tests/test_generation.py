@@ -228,12 +228,41 @@ def test_prefix_groups_share_the_longest_common_token_prefix() -> None:
     assert prefix_groups(rows, min_shared=16) == [(20, [0, 1, 2])]
 
 
+@pytest.fixture(scope="module")
+def sharp_model_dir(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama with large weights: peaked attention, so a key at the wrong place or
+    position changes its answers (the usual tiny model attends almost uniformly)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        initializer_range=0.5,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("sharp-llama")
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.mark.parametrize("batch_size", [3, 8])
-def test_shared_prefixes_change_no_greedy_answer(tiny_model_dir: Path, batch_size: int) -> None:
+def test_shared_prefixes_change_no_greedy_answer(sharp_model_dir: Path, batch_size: int) -> None:
     """A prefix computed once and copied gives the same tokens as each row computed alone."""
     from refine_af.generation import TransformersBackend
 
-    fast, reference = _backends(tiny_model_dir, batch_size)
+    fast, reference = _backends(sharp_model_dir, batch_size)
     model, tokenizer = fast.model, fast.tokenizer  # type: ignore[attr-defined]
     plain = TransformersBackend(model, tokenizer, batch_size, share_prefixes=False)
     greedy = SamplingParams(max_new_tokens=12, temperature=0.0, stop=("\n\n",))

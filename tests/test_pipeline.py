@@ -163,3 +163,44 @@ def test_interrupted_stage_resumes(
     log = (run / "instances/baseline/batches.jsonl").read_text().splitlines()
     assert [json.loads(line)["batch"] for line in log] == [0, 1, 2]
     assert state["instance_calls"] == 4  # 1 before the kill, the failed one, then 2 more
+
+
+@pytest.mark.parametrize("layout", ["directory", "jsonl"])
+def test_superni_data_without_test_tasks_stops_train_before_stage_1(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    seed_tasks_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    layout: str,
+) -> None:
+    """Every stage's check runs first: SuperNI data that holds none of the test tasks is one
+    line and exit 2 within seconds, not a failure at stage 3 after stages 1 and 2."""
+    import time
+
+    if layout == "directory":  # a natural-instructions checkout of training tasks only
+        data = tmp_path / "tasks"
+        data.mkdir()
+        (data / "task001_quoref_question_generation.json").write_text("{}")
+    else:
+        data = tmp_path / "other.jsonl"
+        data.write_text(json.dumps({"task_name": "task001_x", "id": "1", "input": "x"}) + "\n")
+    monkeypatch.setenv("REFINEAF_SUPERNI_DATA", str(data))
+    run = tmp_path / "run"
+    started = time.monotonic()
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            f"run.output_dir={run}",
+            f"run.model={tiny_model_dir}",
+            f"generate_instructions.seed_tasks={seed_tasks_file}",
+        ],
+    )
+    assert time.monotonic() - started < 60
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == [
+        f"error: SuperNI data {data} holds none of the 119 test tasks: point it at the test "
+        "tasks (a JSONL/JSONL.GZ or a directory of natural-instructions task files)"
+    ]
+    assert not (run / "status.json").exists() and not (run / "instructions").exists()

@@ -16,34 +16,9 @@ from refine_af.rewards import (
     AutomatedFeedback,
     TRLRewards,
     WeightedRewards,
-    combine,
     needed_signals,
     register_reward,
 )
-
-# ---------------------------------------------------------------------------------------------
-# The weighted formula.
-
-
-def test_paper_formula_by_hand():
-    components = {
-        "reward_model": 2.0,
-        "understandability": 0.5,
-        "naturalness": 0.25,
-        "coherence": 0.75,
-    }
-    # 0.0078·2 − 0.4421·0.5 + 0.3212·0.25 + 0.1520·0.75 − 0.0274
-    expected = 0.0156 - 0.22105 + 0.0803 + 0.114 - 0.0274
-    assert combine(components, PAPER_WEIGHTS, PAPER_INTERCEPT) == pytest.approx(expected, abs=1e-12)
-    assert expected == pytest.approx(-0.03855, abs=1e-12)
-
-
-def test_missing_components_and_format_penalty():
-    weights = {**PAPER_WEIGHTS, "format": 1.0}
-    values = {"reward_model": None, "format": -1.0}
-    assert combine(values, weights, -0.0274) == pytest.approx(-1.0274)
-    assert combine({"coherence": 1.0}, {"coherence": 2.0}, 0.0) == 2.0
-
 
 # ---------------------------------------------------------------------------------------------
 # TRL-shaped reward functions, caching, penalty, logging, added rewards.

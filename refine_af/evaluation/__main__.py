@@ -19,7 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "-c", "--config", default="default", help="eval YAML path or packaged name (default)"
     )
-    run.add_argument("--force", action="store_true", help="re-run rows already evaluated")
+    run.add_argument(
+        "--restart",
+        "--force",
+        dest="force",
+        action="store_true",
+        help="set earlier outputs aside (never deleted) and evaluate every row again",
+    )
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. limit=5")
     reg = sub.add_parser("eval-regression", help="CI regression check against a reference")
     reg.add_argument("-c", "--config", default="regression")

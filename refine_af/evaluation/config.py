@@ -17,7 +17,6 @@ from typing import Any, Literal
 from refine_af.config import ConfigError, apply_overrides, build_dataclass, help_field
 from refine_af.evaluation.data import TASK_NAMES, DataSettings
 
-BACKENDS = ("refineaf-hf", "hf", "vllm")
 # vLLM accepts only these LoRA ranks as max_lora_rank (vllm.config.lora.MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 _TRAINING_SECTIONS = {"run", "generate_instructions", "rl", "generate_instances", "sft"}
@@ -120,6 +119,12 @@ class EvalConfig:
     )
     token_budget: int = help_field(16384, "refineaf-hf: padded prompt tokens per batch.")
     threads: int | None = help_field(None, "torch CPU threads; empty: torch's default.")
+    prefix_cache: bool = help_field(
+        True,
+        "refineaf-hf: compute the prompt prefix a task's instances share (its definition) once "
+        "per batch and reuse its keys and values; off: every prompt from scratch (same answers, "
+        "slower).",
+    )
     device: str = help_field("auto", "'auto', 'cpu', 'cuda', ... (vllm: always the GPU).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = help_field(
         "auto", "'auto': bfloat16 on GPU (float16 where bf16 is unsupported), float32 on CPU."

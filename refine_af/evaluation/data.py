@@ -22,11 +22,8 @@ pinned download checked by SHA-256). Gold answers for scoring come from the refe
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
-import urllib.error
-import urllib.request
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -87,7 +84,7 @@ class DataSettings:
 
 
 # ---------------------------------------------------------------------------------------------
-# Downloads (real code; tests point the URLs at a local server or file://).
+# Downloads (refine_af.download; tests point the URLs at a local server or file://).
 
 
 def superni_cache_dir() -> Path:
@@ -106,35 +103,15 @@ REFERENCES_HINT = (
 )
 
 
-def download(
-    url: str,
-    target: Path,
-    sha256: str | None = None,
-    timeout: float = 60.0,
-    hint: str = DATA_HINT,
-) -> Path:
-    """Fetch ``url`` to ``target`` once (atomic rename); verify ``sha256`` when given.
+def download(url: str, target: Path, sha256: str | None = None, hint: str = DATA_HINT) -> Path:
+    """Fetch ``url`` to ``target`` once (refine_af.download: SHA-256 checked when given, atomic).
 
     ``hint`` ends the error line when the download fails: it names the setting that makes the
     download unnecessary.
     """
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            blob = response.read()
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        reason = getattr(error, "reason", error)
-        raise UserError(f"cannot download {url} ({reason}): {hint}") from error
-    if sha256 is not None and hashlib.sha256(blob).hexdigest() != sha256:
-        raise UserError(f"download of {url} does not match its pinned SHA-256 {sha256[:12]}...")
-    # A per-process partial name: the processes of `accelerate launch` may fetch the same file
-    # at once, and two writers of one .partial file could rename a mix of both into place.
-    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-    partial.write_bytes(blob)
-    os.replace(partial, target)
-    return target
+    from refine_af.download import fetch
+
+    return fetch(url, target, sha256, hint)
 
 
 def task_file_url(task: str) -> str:

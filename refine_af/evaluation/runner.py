@@ -8,6 +8,7 @@ as one line to its ``chunks.jsonl``. So a killed eval loses at most the chunk in
 running the same command again resumes there; nothing is evaluated twice. Layout::
 
     OUTPUT/eval_config.json             the config (written once the inputs are checked)
+    OUTPUT/<row>/key                    the key the folder's outputs were made with
     OUTPUT/<row>/chunks.jsonl           finished chunks (per-instance records), append-only
     OUTPUT/<row>/samples.jsonl          every instance, official task order (from the log)
     OUTPUT/<row>/run.json               key, model args, timing, versions
@@ -15,9 +16,10 @@ running the same command again resumes there; nothing is evaluated twice. Layout
     OUTPUT/<row>/run<i>/...             the same per run, for a row with several adapters
     OUTPUT/report.md, report.json, *.png
 
-A run folder made with other settings, data, adapter weights or package versions (its key
-differs) is set aside as ``<folder>.replaced-<key>``, never deleted, and the run starts afresh;
-``--force`` does the same for every run. Adding a row or a task only evaluates what is new.
+The one resume rule of every command (refine_af.batches): a run folder made with other settings,
+data, adapter weights or package versions (its key, in ``<folder>/key``, differs) is set aside as
+``<folder>.replaced-<key>``, never deleted, and the run starts afresh; ``--restart`` does the same
+for every run. Adding a row or a task only evaluates what is new.
 
 Multi-GPU: ``backend: vllm`` runs lm-eval's vLLM model (``tensor_parallel_size``,
 ``data_parallel_size``); ``hf``/``refineaf-hf`` split the instances over processes started with
@@ -39,6 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from refine_af.batches import Output, run_batches
 from refine_af.config import fingerprint, to_dict
 from refine_af.errors import UserError
 from refine_af.evaluation.config import (
@@ -56,11 +59,11 @@ from refine_af.evaluation.data import (
 )
 from refine_af.evaluation.superni_tasks import TEST_TASKS
 from refine_af.storage import (
-    append_records,
     read_json,
     read_log,
     write_json_atomic,
     write_records_atomic,
+    write_text_atomic,
 )
 
 __all__ = [
@@ -252,6 +255,8 @@ def model_args(config: EvalConfig, adapter: str | None, model_path: str) -> dict
         args["token_budget"] = config.token_budget
         if config.threads:
             args["threads"] = config.threads
+        if not config.prefix_cache:  # a speed setting: on (the default) leaves the key as it was
+            args["prefix_cache"] = False
     return args
 
 
@@ -275,6 +280,7 @@ def run_key(config: EvalConfig, adapter: str | None, args: dict[str, Any]) -> st
     settings = to_dict(config)
     for key in ("rows", "tasks", "output_dir", "compare", "bootstrap_samples", "seed"):
         settings.pop(key)
+    settings.pop("prefix_cache")  # speed only: model_args names it when it is off
     # Package versions too: a new refine_af / lm-eval / transformers re-runs the row.
     return fingerprint(settings, adapter, _adapter_stamp(adapter), args, package_versions())
 
@@ -408,31 +414,23 @@ def _instances(config: EvalConfig, task: str) -> int:
 # One run: chunks, resume, outputs.
 
 
-def _set_aside(folder: Path, label: str) -> Path:
-    aside = folder.with_name(f"{folder.name}.replaced-{label}")
-    number = 1
-    while aside.exists():
-        number += 1
-        aside = folder.with_name(f"{folder.name}.replaced-{label}-{number}")
-    folder.rename(aside)
-    return aside
-
-
 def _done_chunks(folder: Path, key: str, restart: bool, main: bool) -> dict[str, dict[str, Any]]:
-    """Finished chunks of this run by task; a folder of other settings is set aside first."""
-    entries = read_log(folder / CHUNK_LOG)
-    keys = {entry.get("key") for entry in entries}
-    # Other files without a log: outputs of an older layout, or a log removed by hand.
-    others = [p for p in folder.iterdir() if p.name != CHUNK_LOG] if folder.is_dir() else []
-    stale = (bool(entries) and keys != {key}) or (not entries and bool(others))
-    if stale or (restart and (entries or others)):
-        if main:
-            old = sorted(k for k in keys if k) or ["unknown"]
-            aside = _set_aside(folder, old[0])
-            log.warning("set aside %s (other settings or --force): %s", folder, aside)
+    """Finished chunks of this run by task, after the one resume rule (refine_af.batches): a
+    folder of the same key is continued; one of another key, or any with ``restart``, is set
+    aside (``<folder>.replaced-<key>``, never deleted) and the run starts afresh. Only the main
+    process moves folders; the others reach the same answer."""
+    output = Output(folder)
+    if main:
+        entries = read_log(folder / CHUNK_LOG)
+        keys = {entry.get("key") for entry in entries}
+        if output.stored_key() is None and len(keys) == 1 and None not in keys:
+            # A folder from before the key file: its chunks carry their key.
+            write_text_atomic(output.key_file, f"{keys.pop()}\n")
+        output.claim(key, restart, "eval outputs")
+    elif restart or output.stored_key() != key:
         return {}
     done: dict[str, dict[str, Any]] = {}
-    for entry in entries:
+    for entry in read_log(folder / CHUNK_LOG):
         for task in entry["tasks"]:
             done.setdefault(task, entry)  # the first finished copy wins (there is only one)
     return done
@@ -470,8 +468,13 @@ def _evaluate_chunks(
         total = done_instances + sum(_instances(config, t) for t in pending)
         bar = tqdm(total=total, initial=done_instances, unit="inst", desc=label, disable=not main)
         size = config.tasks_per_chunk
-        for start in range(0, len(pending), size):
-            chunk = pending[start : start + size]
+        chunks = [pending[start : start + size] for start in range(0, len(pending), size)]
+
+        def next_chunk(logged: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+            """The next chunk's log line ([] in the processes that leave writing to rank 0)."""
+            if not chunks:
+                return None
+            chunk = chunks.pop(0)
             more = f" +{len(chunk) - 1}" if len(chunk) > 1 else ""
             bar.set_postfix_str(chunk[0] + more)
             started = time.time()
@@ -489,7 +492,7 @@ def _evaluate_chunks(
                     else None,
                 )
             if result is None:
-                continue  # another process of accelerate launch: rank 0 gathers and writes
+                return []  # another process of accelerate launch: rank 0 gathers and writes
             records = extract_samples(result)
             missing = [t for t in chunk if not any(r["task"] == t for r in records)]
             if missing:
@@ -505,16 +508,21 @@ def _evaluate_chunks(
                 },
                 "records": records,
             }
-            folder.mkdir(parents=True, exist_ok=True)
             # One line per chunk: a kill mid-write leaves a torn last line, which the next
             # read cuts off -- never half a chunk that looks finished.
-            append_records(folder / CHUNK_LOG, [entry])
-            bar.update(len(records))
+            return [entry]
+
+        run_batches(
+            folder / CHUNK_LOG,
+            next_chunk,
+            lambda batch: bar.update(sum(len(entry["records"]) for entry in batch)),
+            records=[],
+        )
         bar.close()
     finally:
         # Free the model before the next run loads its own (GPU memory above all); lm-eval's
         # model objects hold reference cycles, so dropping the name is not enough.
-        del lm
+        lm = None
         gc.collect()
         import torch
 

@@ -15,9 +15,10 @@ against SuperNI's test tasks (:mod:`refine_af.decontamination`): instructions th
 task are dropped before any generation, instances that overlap are dropped as ``contaminated``.
 
 Resumability is stage 1's: ``batches.jsonl`` is an append-only log, one line per finished batch
-of instructions (raw completions, every candidate and its drop reason). Batch ``k`` always holds
-the same slice of the instruction list and draws its randomness from ``(seed, k)``, so a resumed
-run equals an uninterrupted one; a kill loses at most the batch in flight.
+of instructions (raw completions, every candidate and its drop reason), extended by the one batch
+driver (refine_af.batches). Batch ``k`` always holds the same slice of the instruction list and
+draws its randomness from ``(seed, k)``, so a resumed run equals an uninterrupted one; a kill
+loses at most the batch in flight.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
+from refine_af.batches import run_batches
 from refine_af.config import ConfigError, fingerprint, help_field, to_dict
 from refine_af.decontamination import Decontaminator, build_decontaminator, file_key
 from refine_af.errors import UserError
@@ -48,7 +50,6 @@ from refine_af.prompts import (
 from refine_af.run_dir import RunDirectory
 from refine_af.stages import VARIANTS
 from refine_af.storage import (
-    append_records,
     directory_digest,
     file_digest,
     read_log,
@@ -543,30 +544,37 @@ def run(
                     adapter=str(adapter) if adapter is not None else None,
                     trust_remote_code=config.run.trust_remote_code,
                 )
-            while done < len(clean):
-                batch_number = len(batches)
-                # Batch k always covers the same slice, so a resumed run redoes nothing.
-                tasks = clean[batch_number * size : (batch_number + 1) * size]
-                if judge is None and stage_config.output_judge is not None:
-                    # The judge is the untuned evaluator for every variant: it may share the
-                    # baseline's model, never the RL-tuned one.
-                    judge = load_judge(config, reuse=backend if adapter is None else None)
-                batch = run_batch(
-                    batch_number,
-                    tasks,
-                    config.run.seed,
-                    backend,
-                    tokenizer,
-                    stage_config,
-                    decontaminator,
-                    judge,
-                )
-                append_records(log_path, [batch])
-                batches.append(batch)
-                status.progress()
-                done += len(tasks)
-                progress.update(len(tasks))
-                progress.set_postfix(kept=len(kept_instances(batches, by_id)))
+
+        def next_batch(logged: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+            """Batch ``k`` always covers the same slice, so a resumed run redoes nothing."""
+            nonlocal judge
+            if sum(len(b["instruction_ids"]) for b in logged) >= len(clean):
+                return None
+            batch_number = len(logged)
+            tasks = clean[batch_number * size : (batch_number + 1) * size]
+            if judge is None and stage_config.output_judge is not None:
+                # The judge is the untuned evaluator for every variant: it may share the
+                # baseline's model, never the RL-tuned one.
+                judge = load_judge(config, reuse=backend if adapter is None else None)
+            assert backend is not None
+            batch = run_batch(
+                batch_number,
+                tasks,
+                config.run.seed,
+                backend,
+                tokenizer,
+                stage_config,
+                decontaminator,
+                judge,
+            )
+            return [batch]
+
+        def after_batch(logged: list[dict[str, Any]]) -> None:
+            status.progress()
+            progress.update(len(logged[0]["instruction_ids"]))
+            progress.set_postfix(kept=len(kept_instances(batches, by_id)))
+
+        run_batches(log_path, next_batch, after_batch, records=batches)
         progress.close()
 
         # Only the batches inside the current limit count (a lowered max_instructions).

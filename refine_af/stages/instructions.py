@@ -6,9 +6,10 @@ are some), samples numbered-list continuations, parses them, and filters every n
 classification check, which decides how stage 3 writes their instances.
 
 Resumability: ``batches.jsonl`` is an append-only log with one line per finished batch (all its
-candidates, kept and dropped). A kill loses at most the batch in flight; on restart the log is
-replayed to rebuild the pool and counts, and every batch draws its randomness from
-``(seed, batch number)``, so a resumed run makes the same choices an uninterrupted one would.
+candidates, kept and dropped), extended by the one batch driver (refine_af.batches). A kill
+loses at most the batch in flight; on restart the log is replayed to rebuild the pool and counts,
+and every batch draws its randomness from ``(seed, batch number)``, so a resumed run makes the
+same choices an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from refine_af.batches import run_batches
 from refine_af.config import ConfigError, fingerprint, help_field, to_dict
 from refine_af.errors import UserError
 from refine_af.filters import INSTRUCTION_DROP_REASONS, instruction_drop_reason
@@ -419,14 +421,11 @@ def run(
         batches = read_log(log_path)
         machine = kept_records(batches)
         pool = SimilarityIndex(stage_config.similarity_threshold)
-        for seed_task in seeds:
-            pool.add(seed_task.instruction)
-        for record in machine:
-            pool.add(record["instruction"])
+        for text in [s.instruction for s in seeds] + [r["instruction"] for r in machine]:
+            pool.add(text)
         # instructions.jsonl is a view of the log, rewritten on start and appended per batch.
         kept_path = folder / "instructions.jsonl"
         write_records_atomic(kept_path, machine)
-
         progress = tqdm(
             total=target,
             initial=min(len(machine), target),
@@ -445,42 +444,49 @@ def run(
                 batch_size=stage_config.generation_batch_size,
                 trust_remote_code=config.run.trust_remote_code,
             )
-        if len(machine) < target:
+
+        def next_batch(logged: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+            """Batch ``len(logged)``, until ``num_instructions`` are kept."""
+            nonlocal judge
+            if len(machine) >= target:
+                return None
+            batch_number = len(logged)
+            if batch_number >= stage_config.max_batches:
+                raise UserError(
+                    f"only {len(machine)} of {target} instructions kept after {batch_number} "
+                    "batches: raise generate_instructions.max_batches or check the model's "
+                    "completions in batches.jsonl"
+                )
             assert backend is not None and tokenizer is not None
-            while len(machine) < target:
-                batch_number = len(batches)
-                if batch_number >= stage_config.max_batches:
-                    raise UserError(
-                        f"only {len(machine)} of {target} instructions kept after "
-                        f"{batch_number} batches: raise generate_instructions.max_batches or "
-                        "check the model's completions in batches.jsonl"
-                    )
-                if judge is None and stage_config.instruction_judge is not None:
-                    judge = load_judge(config, reuse=backend)
-                if batch_number == 0 and initial is not None:
-                    batch = initial_batch(
-                        initial, backend, tokenizer, seeds, pool, stage_config, judge
-                    )
-                else:
-                    batch = run_batch(
-                        batch_number,
-                        config.run.seed,
-                        backend,
-                        tokenizer,
-                        seeds,
-                        machine,
-                        pool,
-                        stage_config,
-                        judge,
-                    )
-                append_records(log_path, [batch])
-                batches.append(batch)
-                new = kept_records([batch])
-                machine.extend(new)
-                append_records(kept_path, new)
-                status.progress()
-                progress.update(max(0, min(len(machine), target) - progress.n))
-                progress.set_postfix(batch=batch_number, candidates=len(batch["candidates"]))
+            if judge is None and stage_config.instruction_judge is not None:
+                judge = load_judge(config, reuse=backend)
+            if batch_number == 0 and initial is not None:
+                return [
+                    initial_batch(initial, backend, tokenizer, seeds, pool, stage_config, judge)
+                ]
+            return [
+                run_batch(
+                    batch_number,
+                    config.run.seed,
+                    backend,
+                    tokenizer,
+                    seeds,
+                    machine,
+                    pool,
+                    stage_config,
+                    judge,
+                )
+            ]
+
+        def after_batch(logged: list[dict[str, Any]]) -> None:
+            new = kept_records(logged)
+            machine.extend(new)
+            append_records(kept_path, new)
+            status.progress()
+            progress.update(max(0, min(len(machine), target) - progress.n))
+            progress.set_postfix(batch=logged[0]["batch"], candidates=len(logged[0]["candidates"]))
+
+        run_batches(log_path, next_batch, after_batch, records=batches)
         progress.close()
 
         result = summarize(batches, target)

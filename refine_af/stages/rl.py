@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from refine_af.batches import Output
 from refine_af.callbacks import progress_callback, use_step_progress
 from refine_af.config import ConfigError, fingerprint, help_field, to_dict
 from refine_af.errors import UserError
@@ -776,11 +777,9 @@ def resume_point(
     Only the main process moves folders; every process reaches the same answer.
     """
     folder = run_dir.path / STAGE
-    key_file = folder / "key"
-    same_key = key_file.is_file() and key_file.read_text().strip() == stage_key
     if is_main:
         run_dir.claim(folder, stage_key, restart, "RL checkpoints and logs")
-    elif restart or not same_key:
+    elif restart or Output(folder).stored_key() != stage_key:
         return None
     return last_checkpoint(folder / "checkpoints")
 

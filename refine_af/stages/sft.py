@@ -90,6 +90,12 @@ class SFTConfig:
     gradient_checkpointing: bool = help_field(
         False, "Trade compute for memory (useful for 7B models on a GPU)."
     )
+    padding_free: bool = help_field(
+        True,
+        "Each micro-batch as one row, its examples end to end with no padding (TRL's "
+        "padding-free collator; position ids restart per example, so attention and loss stay "
+        "per example). Off: rows padded to the micro-batch's longest example.",
+    )
     bf16: bool | None = help_field(None, "bfloat16 mixed precision; None: on when run.dtype is.")
     max_train_instances: int | None = help_field(
         None, "Train on at most the first N instances (None: all)."
@@ -277,6 +283,7 @@ def build_trainer(
             "sft.text_format=plain for a base model"
         )
     model = load_causal_lm(model_path, placement, config.run.trust_remote_code)
+    collator = padding_free_collator(tokenizer) if settings.padding_free else None
     return SFTTrainer(
         model=model,
         args=arguments,
@@ -289,7 +296,26 @@ def build_trainer(
             settings.lora_target_modules,
         ),
         callbacks=[progress_callback(status)],
+        data_collator=collator,
     )
+
+
+def padding_free_collator(tokenizer: Any) -> Any:
+    """TRL's language-modeling collator in padding-free mode.
+
+    A micro-batch becomes one row: its examples end to end, position ids restarting at 0 for
+    each, which transformers reads as separate sequences (a block-diagonal causal mask under
+    SDPA and eager attention; varlen kernels under flash attention). No padding token is
+    computed, and labels stay per example (completion only; each example's first token, a
+    prompt token, is never a target). The stage passes the collator itself rather than TRL's
+    ``padding_free`` setting, which refuses ``max_length`` without packing; the dataset is still
+    cut at ``max_length`` when TRL prepares it (tested). Packing would also merge examples
+    across micro-batches and change the steps per epoch; this keeps them.
+    """
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return DataCollatorForLanguageModeling(pad_token_id=pad, padding_free=True)
 
 
 def last_checkpoint(folder: Path) -> Path | None:

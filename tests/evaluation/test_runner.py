@@ -88,11 +88,17 @@ def test_packaged_default_depends_on_no_repository_path() -> None:
     assert raw["data"] is None and "references" not in raw
     assert [row["name"] for row in raw["rows"]] == [
         "vanilla",
+        "vanilla_chat",
         "seeds_only",
+        "seeds_matched",
         "baseline",
         "refine_af",
     ]
-    assert raw["rows"][1]["adapter"] == "runs/default/sft/seeds_only/adapter"
+    assert raw["rows"][2]["adapter"] == "runs/default/sft/seeds_only/adapter"
+    # A chat model is read through its chat template, except the plain-prompt vanilla row.
+    config = load_eval_config("default")
+    assert [r.name for r in config.rows if r.apply_chat_template is False] == ["vanilla"]
+    assert config.apply_chat_template is True
 
 
 def test_config_errors() -> None:
@@ -443,3 +449,31 @@ def test_regression_compare_names_moved_tasks() -> None:
         "t2: in the reference but not evaluated"
     ]
     assert compare(task_summary(moved), reference, 5.0) == ["t2: prompts changed (1 -> 1)"]
+
+
+def test_a_row_can_use_the_chat_template_on_its_own(
+    tiny_model: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    """rows[].apply_chat_template: vanilla and vanilla_chat in one eval, each its own format."""
+    out = tmp_path / "out"
+    config = _config(
+        tiny_model,
+        shared_data,
+        out,
+        rows=[RowConfig("vanilla"), RowConfig("vanilla_chat", apply_chat_template=True)],
+        limit=1,
+        max_gen_toks=4,
+    )
+    run_eval(config)
+    plain = [json.loads(x) for x in (out / "vanilla" / "samples.jsonl").open()]
+    chat = [json.loads(x) for x in (out / "vanilla_chat" / "samples.jsonl").open()]
+    assert [s["id"] for s in plain] == [s["id"] for s in chat]
+    for p, c in zip(plain, chat, strict=True):
+        assert not p["prompt"].startswith("<|im_start|>")
+        assert c["prompt"].startswith("<|im_start|>") and "<|im_start|>assistant" in c["prompt"]
+        assert p["prompt"].split("Definition:")[1][:40] in c["prompt"]
+    keys = {
+        json.loads((out / row / "run.json").read_text())["key"]
+        for row in ("vanilla", "vanilla_chat")
+    }
+    assert len(keys) == 2  # each row resumes only its own format

@@ -41,6 +41,11 @@ def make_config(run_path: Path, model_dir: Path, *overrides: str):
             "rl.learning_rate=0.01",
             "rl.lora_r=4",
             "rl.lora_alpha=8",
+            # A random model never ends a completion within 8 tokens: with the default's mask on
+            # truncated completions no step would move the adapter. The KL term is on so the
+            # reference path (adapter switched off) is exercised.
+            "rl.mask_truncated_completions=false",
+            "rl.beta=0.04",
             *overrides,
         ],
     )
