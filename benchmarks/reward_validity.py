@@ -25,17 +25,38 @@ from refine_af.train_config import load_config
 LABELS = Path(__file__).parent / "data" / "reward_labels.jsonl"
 
 
+def parse_weights(text: str) -> tuple[str, dict[str, float]]:
+    """``NAME=REWARD:W,REWARD:W`` -> (NAME, {REWARD: W})."""
+    name, _, spec = text.partition("=")
+    try:
+        weights = {k.strip(): float(w) for k, w in (p.split(":") for p in spec.split(","))}
+    except ValueError as error:
+        raise UserError(f"--weights {text!r}: write NAME=REWARD:W,REWARD:W") from error
+    if not name or not weights:
+        raise UserError(f"--weights {text!r}: write NAME=REWARD:W,REWARD:W")
+    return name, weights
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", default="default", help="Train config (its rl section).")
     parser.add_argument("--labels", type=Path, default=LABELS, help="Labelled JSONL.")
     parser.add_argument("--bootstrap", type=int, default=1000, help="Bootstrap resamples.")
+    parser.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="NAME=REWARD:W,REWARD:W",
+        help="Also rank by another weighting of the same scores, e.g. "
+        "'judge+keepable=judge:1,keepable:0.5' (repeatable; costs no scoring).",
+    )
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides.")
     args = parser.parse_args()
     started = time.time()
     try:
         config = load_config(args.config, args.overrides)
-        table = validity.run(config, args.labels, args.bootstrap)
+        alternatives = dict(parse_weights(text) for text in args.weights)
+        table = validity.run(config, args.labels, args.bootstrap, alternatives)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

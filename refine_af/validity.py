@@ -207,10 +207,31 @@ def component_values(
     return values
 
 
+def weighted_sum(
+    values: dict[str, list[float | None]], weights: dict[str, float], intercept: float = 0.0
+) -> list[float | None]:
+    """``intercept + Σ weight·value`` per item (stage 2's formula); None where a weighted value
+    is missing."""
+    sums: list[float | None] = []
+    for index in range(len(next(iter(values.values())))):
+        parts = [(w, values[name][index]) for name, w in weights.items() if w]
+        if any(value is None for _, value in parts):
+            sums.append(None)
+            continue
+        sums.append(intercept + sum(w * float(v) for w, v in parts if v is not None))
+    return sums
+
+
 def validity_table(
-    config: Any, path: Path, bootstrap_samples: int = 1000
+    config: Any,
+    path: Path,
+    bootstrap_samples: int = 1000,
+    alternatives: dict[str, dict[str, float]] | None = None,
 ) -> tuple[str, int, list[ValidityRow]]:
-    """``(kind, items, rows)``: each reward's AUC (points) or pairwise accuracy (pairs)."""
+    """``(kind, items, rows)``: each reward's AUC (points) or pairwise accuracy (pairs).
+
+    ``alternatives`` adds one row per named weighting of the same components (the same scores,
+    so another weighting costs no scoring): what a changed ``rl.reward_weights`` would rank."""
     kind, items = read_labelled(path)
     if kind == "points":
         instructions = [item.instruction for item in items]
@@ -223,6 +244,11 @@ def validity_table(
             for answer in (item.output, item.rejected or "")
         ]
     values = component_values(config, instructions, instances)
+    for name, alternative in (alternatives or {}).items():
+        unknown = sorted(set(alternative) - set(values))
+        if unknown:
+            raise UserError(f"weights {name}: unknown rewards {unknown}; known: {sorted(values)}")
+        values[name] = weighted_sum(values, alternative)
     weights = config.rl.reward_weights
     seed = config.run.seed
     rows = []
@@ -253,7 +279,8 @@ def validity_table(
             value = pairwise_accuracy(chosen, rejected)
             usable = usable_pairs
         interval = bootstrap_interval(statistic, len(usable), bootstrap_samples, seed)
-        weight = None if name == COMBINED else float(weights.get(name, 0.0))
+        is_sum = name == COMBINED or name in (alternatives or {})
+        weight = None if is_sum else float(weights.get(name, 0.0))
         rows.append(ValidityRow(name, weight, value, interval, len(usable)))
     return kind, len(items), rows
 
@@ -270,7 +297,7 @@ def render_table(kind: str, items: int, rows: Sequence[ValidityRow], source: str
         "|---|---:|---:|---|---:|",
     ]
     for row in rows:
-        weight = "combined" if row.weight is None else f"{row.weight:g}"
+        weight = "weighted sum" if row.weight is None else f"{row.weight:g}"
         interval = (
             "n/a" if row.interval is None else f"{row.interval[0]:.2f} to {row.interval[1]:.2f}"
         )
@@ -278,9 +305,14 @@ def render_table(kind: str, items: int, rows: Sequence[ValidityRow], source: str
     return "\n".join(lines) + "\n"
 
 
-def run(config: Any, path: Path, bootstrap_samples: int = 1000) -> str:
+def run(
+    config: Any,
+    path: Path,
+    bootstrap_samples: int = 1000,
+    alternatives: dict[str, dict[str, float]] | None = None,
+) -> str:
     """Score ``path`` and return the rendered table (``refineaf score --labels``)."""
     if bootstrap_samples < 0:
         raise UserError(f"--bootstrap must be >= 0, got {bootstrap_samples}")
-    kind, items, rows = validity_table(config, path, bootstrap_samples)
+    kind, items, rows = validity_table(config, path, bootstrap_samples, alternatives)
     return render_table(kind, items, rows, str(path))

@@ -172,3 +172,9 @@ def test_labels_and_input_together_is_an_error(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "either --labels" in result.output
+
+
+def test_weighted_sum_is_stage_2s_formula_and_needs_every_weighted_value() -> None:
+    values = {"a": [1.0, 2.0, None], "b": [0.5, None, 1.0]}
+    assert validity.weighted_sum(values, {"a": 2.0, "b": -1.0}, 0.5) == [2.0, None, None]
+    assert validity.weighted_sum(values, {"a": 1.0, "b": 0.0}) == [1.0, 2.0, None]  # 0: unread

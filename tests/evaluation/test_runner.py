@@ -90,15 +90,13 @@ def test_packaged_default_depends_on_no_repository_path() -> None:
         "vanilla",
         "vanilla_chat",
         "seeds_only",
-        "seeds_matched",
         "baseline",
         "refine_af",
     ]
     assert raw["rows"][2]["adapter"] == "runs/default/sft/seeds_only/adapter"
-    # A chat model is read through its chat template, except the plain-prompt vanilla row.
+    # The chat model's fair untouched row reads the prompt through its chat template.
     config = load_eval_config("default")
-    assert [r.name for r in config.rows if r.apply_chat_template is False] == ["vanilla"]
-    assert config.apply_chat_template is True
+    assert [r.name for r in config.rows if r.apply_chat_template] == ["vanilla_chat"]
 
 
 def test_config_errors() -> None:

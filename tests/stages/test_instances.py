@@ -175,6 +175,12 @@ def make_run(tmp: Path, tiny_model_dir: Path, n: int = 7, *overrides: str) -> tu
             f"run.output_dir={tmp}",
             f"run.model={tiny_model_dir}",
             "generate_instances.output_judge=null",  # Self-Instruct's filters here
+            # Self-Instruct's prompt, greedy, one completion per instruction (the scripted
+            # backend answers it); the default's one-instance prompt is tested on its own.
+            "generate_instances.prompt_format=self_instruct",
+            "generate_instances.completions_per_instruction=1",
+            "generate_instances.temperature=0.0",
+            "generate_instances.max_instances_per_instruction=2",
             "generate_instances.instructions_per_batch=2",
             "generate_instances.decontaminate=false",
             *overrides,
