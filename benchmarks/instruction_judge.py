@@ -4,6 +4,7 @@ Run by hand from the repository root::
 
     python benchmarks/instruction_judge.py                        # the embedded default judge
     python benchmarks/instruction_judge.py --evaluator PATH_OR_ID  # another causal evaluator
+    python benchmarks/instruction_judge.py --reference  # also every prompt in full: the speed-up
 
 The labelled set (``benchmarks/data/stage1_candidates.jsonl``) is what stage 1 of the embedded
 default kept with Self-Instruct's filters alone in the study's two seeds (``paper-seed1`` and
@@ -42,6 +43,12 @@ def main() -> None:
     parser.add_argument("--labels", type=Path, default=LABELS)
     parser.add_argument("--evaluator", default="default", help="causal evaluator (rl.evaluator)")
     parser.add_argument("--scores", type=Path, help="also write the scores here (JSON lines)")
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="also score every prompt in full (no shared few-shot prefix): time ratio and the "
+        "largest difference in P(Yes)",
+    )
     args = parser.parse_args()
 
     from refine_af.judges import load_judge
@@ -59,7 +66,7 @@ def main() -> None:
     others = [s for s, row in zip(scores, rows, strict=True) if not row["task"]]
     print(
         f"{len(rows)} candidates ({len(tasks)} tasks, {len(others)} not); evaluator "
-        f"{args.evaluator}; scored in {seconds:.0f} s; AUC {auc(tasks, others):.3f}"
+        f"{args.evaluator}; scored in {seconds:.1f} s; AUC {auc(tasks, others):.3f}"
     )
     print("| threshold | tasks kept | non-tasks kept | non-tasks among kept |")
     print("|---:|---:|---:|---:|")
@@ -70,6 +77,20 @@ def main() -> None:
         print(
             f"| {threshold:.2f} | {kept_tasks} / {len(tasks)} | {kept_others} / {len(others)} "
             f"| {share:.0%} |"
+        )
+    if args.reference:
+        from dataclasses import replace
+
+        judge.scorer = replace(judge.scorer, share_prefix=False)
+        started = time.perf_counter()
+        whole = judge.instruction_scores([row["instruction"] for row in rows])
+        whole_seconds = time.perf_counter() - started
+        gap = max(abs(a - b) for a, b in zip(scores, whole, strict=True))
+        flips = sum((a >= 0.5) != (b >= 0.5) for a, b in zip(scores, whole, strict=True))
+        print(
+            f"every prompt in full: {whole_seconds:.1f} s; shared prefix {seconds:.1f} s "
+            f"({whole_seconds / seconds:.1f}x); largest P(Yes) difference {gap:.1e}; "
+            f"decisions at 0.5 that differ: {flips}"
         )
     if args.scores:
         with args.scores.open("w") as handle:

@@ -184,3 +184,34 @@ def test_the_judge_shares_the_untuned_models_weights(
     assert all(0.0 < s < 1.0 for s in scores)
     # Without a backend to share (the RL-tuned writer's), the evaluator loads on its own.
     assert load_judge(same).scorer.model is not model
+
+
+def test_shared_few_shot_turns_give_the_whole_prompts_scores(tiny_model_dir: Path) -> None:
+    """The judge's few-shot turns run once per call; each prompt's P(Yes) stays the same."""
+    from dataclasses import replace
+
+    from refine_af.judges import Judge
+    from refine_af.models import load_model_and_tokenizer
+    from refine_af.scorers import CausalYesNoScorer
+
+    model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")
+    tokenizer.truncation_side = "left"
+    items = [
+        "Sort the list.",
+        "The sky is blue.",
+        "Write a poem about the sea in four lines, each starting with the letter S.",
+        "Sort the list.",  # a repeated prompt
+        "Translate this sentence into French: " + "the cat sat on the mat " * 120,  # too long
+    ]
+    shared = CausalYesNoScorer(model, tokenizer, batch_size=2, max_length=1000)
+    whole = replace(shared, share_prefix=False)
+    calls: list[int] = []
+    model.register_forward_hook(lambda module, args, kwargs, out: calls.append(1), with_kwargs=True)
+    fast = Judge(shared).instruction_scores(items)
+    fast_calls = len(calls)
+    reference = Judge(whole).instruction_scores(items)
+    assert fast == pytest.approx(reference, abs=1e-5)
+    assert fast[0] == pytest.approx(fast[3], abs=1e-6)
+    # One prefix pass, two batches of the four prompts that fit, one for the long one.
+    assert fast_calls == 1 + 2 + 1
+    assert len(calls) - fast_calls == 3
