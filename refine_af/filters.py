@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 
 MIN_INSTRUCTION_WORDS = 4  # "3 words or fewer" is dropped
 MAX_INSTRUCTION_WORDS = 150
@@ -84,7 +84,8 @@ INSTANCE_DROP_REASONS = (
     "contaminated",  # overlaps the SuperNI test data (refine_af.decontamination)
     "not_carried_out",  # the output judge's P(Yes) is below the threshold (refine_af.judges)
     "duplicate",  # the same (input, output) pair again
-    "conflicting_outputs",  # one non-empty input with two outputs: the whole task is dropped
+    "conflicting_outputs",  # one non-empty input with two outputs in one completion: all dropped
+    "same_input",  # an input an earlier completion of the task already has an instance for
     "over_limit",  # beyond max_instances_per_instruction
 )
 
@@ -145,15 +146,26 @@ def instance_reasons(
 
 
 def task_reasons(
-    candidates: list[tuple[str, str, bool]], reasons: list[str | None], max_instances: int
+    candidates: list[tuple[str, str, bool]],
+    reasons: list[str | None],
+    max_instances: int,
+    completions: Sequence[int] | None = None,
 ) -> list[str | None]:
     """Add the task-level reasons to ``reasons`` (one task's candidates, per-instance reasons
-    already set): a non-empty input that got two different outputs makes the task's instances
-    unreliable, so all of them go (Self-Instruct does the same); exact duplicates go; the first
-    ``max_instances`` survivors are kept in generation order."""
+    already set), then keep the first ``max_instances`` survivors in generation order.
+
+    Exact duplicates go. Within one completion, a non-empty input that got two different outputs
+    makes that completion's examples unreliable, so all of them go (Self-Instruct drops the task:
+    it has one completion per task). ``completions`` gives each candidate's
+    completion when a task has several sampled ones: two samples answering the same input
+    differently is what sampling does, not a contradiction in one answer, so the conflict test
+    runs per completion and a later completion's instance for an input already answered is
+    dropped as ``same_input`` (the first answer is kept).
+    """
     reasons = list(reasons)
+    groups = list(completions) if completions is not None else [0] * len(candidates)
     seen: set[tuple[str, str]] = set()
-    outputs_by_input: dict[str, set[str]] = {}
+    outputs_by_input: dict[tuple[int, str], set[str]] = {}
     for index, (input_text, output_text, _) in enumerate(candidates):
         if reasons[index] is not None:
             continue
@@ -163,10 +175,21 @@ def task_reasons(
             continue
         seen.add(pair)
         if pair[0]:
-            outputs_by_input.setdefault(pair[0], set()).add(pair[1])
+            outputs_by_input.setdefault((groups[index], pair[0]), set()).add(pair[1])
 
-    if any(len(outputs) > 1 for outputs in outputs_by_input.values()):
-        return [reason or "conflicting_outputs" for reason in reasons]
+    conflicted = {group for (group, _), outputs in outputs_by_input.items() if len(outputs) > 1}
+    for index, group in enumerate(groups):
+        if group in conflicted:
+            reasons[index] = reasons[index] or "conflicting_outputs"
+
+    answered: dict[str, int] = {}  # input -> the completion that answered it first
+    for index, (input_text, _, _) in enumerate(candidates):
+        key = input_text.strip()
+        if reasons[index] is not None or not key:
+            continue
+        first = answered.setdefault(key, groups[index])
+        if first != groups[index]:
+            reasons[index] = "same_input"
 
     kept = 0
     for index, reason in enumerate(reasons):

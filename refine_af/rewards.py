@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from refine_af.config import ConfigError
@@ -87,6 +87,11 @@ class Feedback:
     instructions: list[str]
     instances: list[ParsedInstance | None]
     signals: dict[str, list[float | None]]
+    # Per instance: the completion hit the token limit (stage 2 knows; ready instances never do).
+    cut_off: list[bool] = field(default_factory=list)
+
+    def is_cut_off(self, index: int) -> bool:
+        return bool(self.cut_off) and self.cut_off[index]
 
 
 class AutomatedFeedback:
@@ -236,15 +241,21 @@ def judge(prompts: Any, completions: Any, *, feedback: Feedback, **_: Any) -> li
 def keepable(prompts: Any, completions: Any, *, feedback: Feedback, **_: Any) -> list:
     """1 for an instance stage 3 would keep on its own, else 0 (beyond the paper).
 
-    Stage 3 drops an instance with an empty output, an input equal to its output, a field
-    ending with ":", or a copy or near-copy of its prompt's demonstrations; the RL-tuned model
-    writes stage 3's instances, so this teaches it what stage 3 will keep.
+    Stage 3 drops an instance cut off by the token limit, with an empty output, an input equal to
+    its output, a field ending with ":", or a copy or near-copy of its prompt's demonstrations;
+    the RL-tuned model writes stage 3's instances, so this teaches it what stage 3 will keep.
+    A cut-off completion scoring 0 matters beside ``rl.mask_truncated_completions``: masked, it
+    carries no loss, but its reward still sets its group's mean, and a high one there would
+    push the finished completions down (on the default, lengths rose to the cap without it).
     """
     near_copy = _near_copy_of_demonstrations()
     values: list[float | None] = []
-    for instance in feedback.instances:
+    for index, instance in enumerate(feedback.instances):
         if instance is None:
             values.append(None)  # the format penalty speaks for it
+            continue
+        if feedback.is_cut_off(index):
+            values.append(0.0)
             continue
         kept = instance_reasons(
             [(instance.input, instance.output, False)],
@@ -372,9 +383,13 @@ class TRLRewards:
         self,
         model: WeightedRewards,
         sample_sink: Callable[[int, list[ScoredSample]], None] | None = None,
+        stop_token_ids: Collection[int] = (),
     ) -> None:
         self.model = model
         self.sample_sink = sample_sink
+        # A completion whose last token is none of these was cut off by the token limit (TRL's
+        # own test for mask_truncated_completions); empty: no completion counts as cut off.
+        self.stop_token_ids = set(stop_token_ids)
         self._cache_key: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self._cache: list[ScoredSample] = []
 
@@ -390,6 +405,9 @@ class TRLRewards:
             return self._cache
         instances = [parse_instance(text) for text in texts]
         feedback = self.model.feedback.score(instructions, instances)
+        ids = kwargs.get("completion_ids")
+        if self.stop_token_ids and ids is not None:
+            feedback.cut_off = [bool(row) and row[-1] not in self.stop_token_ids for row in ids]
         extra = {k: v for k, v in kwargs.items() if k not in ("log_metric", "log_extra")}
         samples = self.model.evaluate(feedback, texts, True, {"prompts": list(prompts), **extra})
         self._log(samples, kwargs)

@@ -23,7 +23,7 @@ def sft(run: Path, model: Path, *flags: str) -> str:
     command = [
         sys.executable, "-c", "from refine_af.cli import cli; cli()", *flags, "sft",
         f"run.output_dir={run}", f"run.model={model}", "run.device=cpu", "sft.max_steps=1",
-        "sft.per_device_train_batch_size=2", "sft.max_length=32",
+        "sft.per_device_train_batch_size=2", "sft.max_length=64",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -54,6 +54,14 @@ class ScriptedBackend:
         return out
 
 
+def load(out: Path, *args: str, **kwargs: str):  # type: ignore[no-untyped-def]
+    """``datasets.load_dataset`` with a cache of its own: the shared cache keys a local folder
+    by its path and files, so an earlier export at the same temporary path could be read back."""
+    from datasets import load_dataset
+
+    return load_dataset(str(out), *args, cache_dir=str(out.parent / "hf-cache"), **kwargs)
+
+
 def overrides(run: Path, model: Path, seeds: Path) -> list[str]:
     return [
         f"run.output_dir={run}",
@@ -65,6 +73,10 @@ def overrides(run: Path, model: Path, seeds: Path) -> list[str]:
         "generate_instructions.instruction_judge=null",
         "generate_instances.output_judge=null",
         "generate_instances.decontaminate=false",
+        # Self-Instruct's prompt, greedy, one completion (what the scripted backend answers).
+        "generate_instances.prompt_format=self_instruct",
+        "generate_instances.completions_per_instruction=1",
+        "generate_instances.temperature=0.0",
         f"rl.reward_model=causal:{model}",
         f"rl.evaluator={model}",
         "rl.max_steps=1",
@@ -113,19 +125,17 @@ def status_summary(run: Path, stage: str) -> dict:
 def test_every_config_and_split_loads_with_the_run_rows(
     run_dir: Path, exported: tuple[Path, str]
 ) -> None:
-    from datasets import load_dataset
-
     out, output = exported
     # The default config is the instances, one split per variant.
-    default = load_dataset(str(out))
+    default = load(out)
     assert set(default) == set(instances.VARIANTS)
     for variant in instances.VARIANTS:
         kept = read_records(run_dir / instances.STAGE_DIR / variant / "instances.jsonl")
-        split = load_dataset(str(out), "instances", split=variant)
+        split = load(out, "instances", split=variant)
         assert split.to_list() == kept and len(kept) > 0, variant
         assert f"{variant} {len(kept)}" in output
 
-    stage1 = load_dataset(str(out), "instructions", split="train")
+    stage1 = load(out, "instructions", split="train")
     summary = status_summary(run_dir, instructions.STAGE)
     assert len(stage1) == summary["candidates"] and sum(stage1["kept"]) == summary["kept"]
     kept = [row for row in stage1 if row["kept"]]
@@ -137,7 +147,7 @@ def test_every_config_and_split_loads_with_the_run_rows(
     for reason, count in summary["dropped"].items():
         assert dropped.count(reason) == count, reason
 
-    candidates = load_dataset(str(out), "instance_candidates")
+    candidates = load(out, "instance_candidates")
     assert set(candidates) == {"refine_af", "baseline"}  # the seed variants generate nothing
     for variant in ("refine_af", "baseline"):
         summary = status_summary(run_dir, instances.stage_name(variant))
@@ -147,13 +157,12 @@ def test_every_config_and_split_loads_with_the_run_rows(
         assert reasons.count("duplicate") == summary["dropped"]["duplicate"] > 0
         assert reasons.count("empty_output") == summary["dropped"]["empty_output"] > 0
 
-    samples = load_dataset(str(out), "rl_samples", split="train")
+    samples = load(out, "rl_samples", split="train")
     logged = read_records(run_dir / rl.STAGE / "samples.jsonl")
     assert len(samples) == len(logged) > 0
     assert samples["combined"] == [row["combined"] for row in logged]
-    assert {"step", "instruction", "completion", "format", "reward_model"} <= set(
-        samples.column_names
-    )
+    weighted = load_config("default", []).rl.reward_weights
+    assert {"step", "instruction", "completion", "format", *weighted} <= set(samples.column_names)
     assert (out / export.RUN_CONFIG).read_text() == (run_dir / "config.yaml").read_text()
 
 
@@ -203,8 +212,6 @@ def test_card_has_metadata_and_names_every_count(run_dir: Path, exported: tuple[
 def test_a_baseline_run_says_what_it_lacks(run_dir: Path, tmp_path: Path) -> None:
     """A run without RL (``refineaf train --baseline``): only what it has is exported, and the
     card says what is missing."""
-    from datasets import load_dataset
-
     baseline = instances.stage_name("baseline")
     partial = tmp_path / "run"
     for name in (instructions.STAGE, f"{instances.STAGE_DIR}/baseline"):
@@ -217,8 +224,8 @@ def test_a_baseline_run_says_what_it_lacks(run_dir: Path, tmp_path: Path) -> Non
     out = tmp_path / "dataset"
     result = CliRunner().invoke(cli, ["export", str(partial), str(out)])
     assert result.exit_code == 0, result.output
-    assert set(load_dataset(str(out))) == {"baseline"}
-    assert len(load_dataset(str(out), "instructions", split="train")) > 0
+    assert set(load(out)) == {"baseline"}
+    assert len(load(out, "instructions", split="train")) > 0
     body = (out / "README.md").read_text()
     assert "rl_samples" not in body and "No RL in this run" in body
     assert "- RL samples (stage 2): not run in this run directory" in body

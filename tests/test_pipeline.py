@@ -34,9 +34,12 @@ class ScriptedBackend:
             return [Completion(" No", "stop", 1) for _ in prompts]
         out = []
         for prompt in prompts:
-            if prompt.endswith("Example 1\n"):  # stage 3, input-first
+            if prompt.endswith("Example 1\n"):  # stage 3, Self-Instruct's prompt, input-first
                 task = re.findall(r"Task: (.*?)(?:<\|im_end\|>)?$", prompt, re.M)[-1]
                 text = f"Input: {task[:20]}\nOutput: answer to {task[:20]}"
+            elif prompt.endswith("Input:"):  # stage 3, the one-instance prompt (the default)
+                task = re.findall(r"^Task: (.*)$", prompt, re.M)[-1]
+                text = f" {task[:20]}\nOutput: answer to {task[:20]}"
             else:  # stage 1: a fresh instruction derived from the prompt
                 digest = hashlib.sha256(prompt.encode()).digest()
                 words = [WORDS[b % len(WORDS)] for b in digest[:4]]
@@ -126,7 +129,7 @@ def test_interrupted_stage_resumes(
 
     class Failing:
         def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[Completion]:
-            if prompts[0].endswith("Example 1\n"):
+            if prompts[0].endswith(("Example 1\n", "Input:")):  # stage 3
                 state["instance_calls"] += 1
                 if state["instance_calls"] == 2:
                     raise KeyboardInterrupt  # killed while writing the second batch

@@ -37,6 +37,9 @@ class ScriptedBackend:
             if prompt.endswith("Example 1\n"):  # stage 3, input-first
                 task = re.findall(r"Task: (.*?)(?:<\|im_end\|>)?$", prompt, re.M)[-1]
                 text = f"Input: {task[:20]}\nOutput: answer to {task[:20]}"
+            elif prompt.endswith("Input:"):  # stage 3, the one-instance prompt (the default)
+                task = re.findall(r"^Task: (.*)$", prompt, re.M)[-1]
+                text = f" {task[:20]}\nOutput: answer to {task[:20]}"
             else:  # stage 1: a fresh instruction derived from the prompt
                 digest = hashlib.sha256(prompt.encode()).digest()
                 words = [WORDS[b % len(WORDS)] for b in digest[:4]]

@@ -169,3 +169,20 @@ def test_keepable_reward_by_hand():
     feedback = Feedback(["t"] * len(instances), instances, {})
     values = keepable([None] * len(instances), [""] * len(instances), feedback=feedback)
     assert values == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, 1.0]
+
+
+def test_a_completion_cut_off_by_the_token_limit_is_not_keepable():
+    """Stage 3 drops cut-off instances, so keepable scores them 0, read from TRL's
+    completion_ids as TRL's mask_truncated_completions reads them (last token not EOS/pad)."""
+    weights = {"keepable": 1.0}
+    feedback = AutomatedFeedback(None, None, needed_signals(weights))
+    rewards = TRLRewards(WeightedRewards(feedback, weights, 0.0, 1.0), stop_token_ids={0, 2})
+    completions = [" 2 and 3\nOutput: 5", " 4 and 4\nOutput: 8 and then 9 and"]
+    (function, _format) = rewards.functions()
+    values = function(
+        ["p", "p"], completions, instruction=["Add.", "Add."], completion_ids=[[7, 8, 2], [7, 8, 9]]
+    )
+    assert values == [1.0, 0.0]
+    # Without the ids (refineaf score's ready instances) nothing counts as cut off.
+    unknown = TRLRewards(WeightedRewards(feedback, weights, 0.0, 1.0), stop_token_ids={0, 2})
+    assert unknown.functions()[0](["p", "p"], completions, instruction=["Add."] * 2) == [1.0, 1.0]

@@ -355,23 +355,25 @@ def run_batch(
     for index, task in enumerate(tasks):
         own = completions[index * k : (index + 1) * k]
         candidates: list[tuple[str, str, bool]] = []
+        sources: list[int] = []  # the completion each candidate came from
         unparsed = 0
-        for completion in own:
+        for number, completion in enumerate(own):
             parsed = read(task, completion.text)
             if not parsed:
                 unparsed += 1
             # Only the last example of a completion cut by the token limit can be truncated.
             cut = completion.finish_reason == "length"
             candidates.extend((inp, out, cut and last) for inp, out, last in parsed)
+            sources.extend([number] * len(parsed))
         near_copy = near_copies[task["is_classification"]] if near_copies else None
         reasons = instance_reasons(candidates, contaminated, demonstrations, near_copy)
-        per_task.append((task, own, unparsed, candidates, reasons))
+        per_task.append((task, own, unparsed, candidates, reasons, sources))
 
     scores: dict[tuple[int, int], float] = {}
     if judge is not None and config.output_judge is not None:
         asked = [
             (t, c)
-            for t, (_, _, _, candidates, reasons) in enumerate(per_task)
+            for t, (_, _, _, candidates, reasons, _) in enumerate(per_task)
             for c in range(len(candidates))
             if reasons[c] is None
         ]
@@ -385,8 +387,8 @@ def run_batch(
                 per_task[t][4][c] = "not_carried_out"
 
     results = []
-    for t, (task, own, unparsed, candidates, reasons) in enumerate(per_task):
-        reasons = task_reasons(candidates, reasons, config.max_instances_per_instruction)
+    for t, (task, own, unparsed, candidates, reasons, sources) in enumerate(per_task):
+        reasons = task_reasons(candidates, reasons, config.max_instances_per_instruction, sources)
         records = []
         for c, ((inp, out, _), reason) in enumerate(zip(candidates, reasons, strict=True)):
             record: dict[str, Any] = {"input": inp, "output": out, "reason": reason}

@@ -711,6 +711,9 @@ class RLRecipe:
         )
         for scorer in shared:
             scorer.base_weights = functools.partial(untuned, self.trainer)
+        # Which completions the token limit cut (keepable scores them 0), as TRL decides it.
+        eos = getattr(self.trainer, "eos_token_ids", None) or [self.tokenizer.eos_token_id]
+        self.rewards.stop_token_ids = {*eos, self.tokenizer.pad_token_id} - {None}
         shown = {"reward_combined": "reward", "format_penalty_rate": "format fail", "kl": "kl"}
         use_step_progress(self.trainer, "RL steps", shown)
         self.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

@@ -376,6 +376,13 @@ def run(
     with run_dir.stage(stage_name(variant), stage_key) as status:
         examples = training_examples(source, settings.max_train_instances, settings.text_format)
         trainer = build_trainer(config, examples, checkpoints, base_path, status)
+        trained_on = len(trainer.train_dataset)
+        if trained_on == 0:
+            raise UserError(
+                f"sft.max_length={settings.max_length} leaves no example to train on once each is "
+                f"formatted ({settings.text_format}; a chat template's own turns take ~30 tokens):"
+                " raise sft.max_length"
+            )
         use_step_progress(trainer, f"fine-tuning ({variant})", {"loss": "loss"})
         resume_from = last_checkpoint(checkpoints)
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -387,6 +394,7 @@ def run(
             "base_model": base_path,
             "adapter": str(adapter),
             "examples": len(examples),
+            "examples_trained": trained_on,  # TRL drops an example with no completion token left
             "steps": trainer.state.global_step,
             "epochs": round(float(trainer.state.epoch or 0.0), 3),
             "train_loss": round(float(output.training_loss), 4),

@@ -119,6 +119,33 @@ def test_same_input_two_outputs_drops_the_task() -> None:
     assert filter_task_instances([("", "1", False), ("", "2", False)], 5) == [None, None]
 
 
+def test_sampled_completions_answering_one_input_keep_the_first() -> None:
+    """Several sampled completions per task: two samples answering one input differently is
+    no contradiction; the first answer stays, later ones go as same_input, and a conflict
+    inside one completion drops only that completion's examples."""
+    from refine_af.filters import task_reasons
+
+    candidates = [
+        ("a", "1", False),  # completion 0
+        ("a", "2", False),  # completion 1: same input, another answer
+        ("b", "3", False),  # completion 1
+        ("c", "4", False),  # completion 2: "c" answered twice in one completion
+        ("c", "5", False),
+        ("d", "6", False),  # completion 3
+    ]
+    reasons = task_reasons(candidates, [None] * 6, 5, completions=[0, 1, 1, 2, 2, 3])
+    assert reasons == [
+        None,
+        "same_input",
+        None,
+        "conflicting_outputs",
+        "conflicting_outputs",
+        None,
+    ]
+    # One completion per task (Self-Instruct): the conflict drops the task, as before.
+    assert task_reasons(candidates, [None] * 6, 5)[0] == "conflicting_outputs"
+
+
 def test_contamination_and_copied_demonstrations() -> None:
     candidates = [
         ("leaked test input", "x", False),

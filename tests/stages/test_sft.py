@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from refine_af.errors import UserError
 from refine_af.prompts import training_completion, training_prompt
 from refine_af.run_dir import RunDirectory
 from refine_af.stages import sft
@@ -96,7 +97,6 @@ def test_sft_trains_saves_and_reloads(tmp_path: Path, tiny_model_dir: Path) -> N
 
 
 def test_missing_instances_is_a_user_error(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from refine_af.errors import UserError
 
     with pytest.raises(UserError, match="generate-instances"):
         sft.run(tiny_config(tmp_path, tiny_model_dir), RunDirectory(tmp_path), "baseline")
@@ -129,3 +129,14 @@ def test_chat_format_trains_on_the_assistant_turn_only(
     assert labels[: len(prompt_ids)] == [-100] * len(prompt_ids)
     completion = tokenizer.decode([t for t in labels if t != -100])
     assert completion.startswith("2") and "Output" not in completion
+
+
+def test_a_max_length_the_template_fills_is_a_one_line_error(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """The chat template's own turns (~30 tokens) fill sft.max_length=16: no example is left,
+    which says what to raise instead of failing in the data loader."""
+    make_instances(tmp_path)
+    config = tiny_config(tmp_path, tiny_model_dir, "sft.text_format=chat", "sft.max_length=16")
+    with pytest.raises(UserError, match=r"raise sft\.max_length"):
+        sft.run(config, RunDirectory(tmp_path), "baseline")
