@@ -226,7 +226,8 @@ def test_quick_start_figures_name_command_machine_and_date() -> None:
     match = re.search(r"<!-- figures: begin.*?-->(.*?)<!-- figures: end -->", text, re.S)
     assert match, "README's figures block (<!-- figures: begin ... end -->) is missing"
     block = match.group(1)
-    assert "refineaf train -c default" in block and "/usr/bin/time" in block
+    assert "refineaf train -c default" in block
+    assert "/usr/bin/time" in block or "benchmarks/train_time.py" in block, "name the command"
     assert re.search(r"\d+-core", block) and re.search(r"AVX", block), "name the machine"
     assert re.search(r"\b20\d\d-\d\d\b", block), "give the date of the measurement"
 
