@@ -204,6 +204,9 @@ def test_scores_equal_what_stage_2_logged(
         "rl.max_completion_length=8",
         "rl.lora_r=4",
         "rl.lora_alpha=8",
+        # Every scorer signal, the judge's shared few-shot turns included.
+        "rl.reward_weights={reward_model: 0.0078, understandability: -0.4421, naturalness: 0.3212,"
+        " coherence: 0.1520, judge: 1.0, keepable: 0.05}",
     ]
     config = load_config("default", overrides)
     rl.run(config, RunDirectory(run))
@@ -219,6 +222,11 @@ def test_scores_equal_what_stage_2_logged(
     # A batch size unlike stage 2's: padding differs, the numbers must not.
     scored = read_log(Path(scoring.run(config, source, tmp_path / "scored.jsonl", 3)["output"]))
     for sample, record in zip(logged, scored, strict=True):
-        for name in ("reward_model", "understandability", "naturalness", "coherence"):
+        for name in ("reward_model", "understandability", "naturalness", "coherence", "judge"):
             assert record["rewards"][name] == pytest.approx(sample[name], abs=1e-4), name
-        assert record["rewards"]["combined"] == pytest.approx(sample["combined"], abs=1e-4)
+        # keepable differs only where stage 2's completion was cut off by its token limit (0
+        # there); a ready instance is never cut off.
+        keep_gap = record["rewards"]["keepable"] - sample["keepable"]
+        assert keep_gap in (0.0, 1.0)
+        expected = sample["combined"] + 0.05 * keep_gap
+        assert record["rewards"]["combined"] == pytest.approx(expected, abs=1e-4)

@@ -94,9 +94,13 @@ def test_packaged_default_depends_on_no_repository_path() -> None:
         "refine_af",
     ]
     assert raw["rows"][2]["adapter"] == "runs/default/sft/seeds_only/adapter"
-    # The chat model's fair untouched row reads the prompt through its chat template.
+    # The chat model's fair untouched row, and the adapters trained on chat turns
+    # (sft.text_format: chat), read the prompt through its chat template; vanilla does not.
     config = load_eval_config("default")
-    assert [r.name for r in config.rows if r.apply_chat_template] == ["vanilla_chat"]
+    assert [r.name for r in config.rows if not r.apply_chat_template] == ["vanilla"]
+    from refine_af.train_config import load_config
+
+    assert load_config("default", []).sft.text_format == "chat"  # what those rows assume
 
 
 def test_config_errors() -> None:

@@ -23,6 +23,13 @@ INSTRUCTIONS = [
 ]
 
 
+# The paper's weights plus keepable: every scorer signal is computed and logged.
+PAPER_STYLE_WEIGHTS = (
+    "rl.reward_weights={reward_model: 0.0078, understandability: -0.4421, naturalness: 0.3212, "
+    "coherence: 0.1520, keepable: 0.05}"
+)
+
+
 def make_config(run_path: Path, model_dir: Path, *overrides: str):
     return load_config(
         "default",
@@ -46,6 +53,7 @@ def make_config(run_path: Path, model_dir: Path, *overrides: str):
             # reference path (adapter switched off) is exercised.
             "rl.mask_truncated_completions=false",
             "rl.beta=0.04",
+            PAPER_STYLE_WEIGHTS,  # every scorer is exercised (the default asks only the judge)
             *overrides,
         ],
     )
@@ -111,6 +119,7 @@ def test_unloadable_scorer_fails_before_training(tmp_path, tiny_model_dir):
             "run.device=cpu",
             f"rl.reward_model={tmp_path / 'no-such-reward-model'}",
             f"rl.evaluator={tiny_model_dir}",
+            PAPER_STYLE_WEIGHTS,  # a weighted reward model is loaded
         ],
     )
     assert result.exit_code == 2
