@@ -116,10 +116,17 @@ def window(cache: Any, rows: slice, start: int, filled: int = 0) -> Any:
     )
 
 
-def copy_prefix(cache: Any, source: int, rows: slice, length: int) -> None:
+def copy_prefix(
+    cache: Any, source: int, rows: slice, length: int, source_cache: Any = None
+) -> None:
     """Copy the first ``length`` positions of row ``source`` into ``rows``, in every layer: the
     keys and values of a prompt prefix computed once, for each row whose prompt starts with it.
+    ``source_cache``: the cache holding row ``source`` (default: ``cache`` itself).
     """
-    for layer in cache.layers:
-        for buffer in (layer.key_buffer, layer.value_buffer):
-            buffer[rows, :, :length] = buffer[source : source + 1, :, :length]
+    origin = cache if source_cache is None else source_cache
+    for layer, from_layer in zip(cache.layers, origin.layers, strict=True):
+        for buffer, from_buffer in (
+            (layer.key_buffer, from_layer.key_buffer),
+            (layer.value_buffer, from_layer.value_buffer),
+        ):
+            buffer[rows, :, :length] = from_buffer[source : source + 1, :, :length]
