@@ -79,6 +79,8 @@ INSTANCE_DROP_REASONS = (
     "empty_output",
     "input_equals_output",
     "field_ends_with_colon",  # "Output: Here are some ideas:" is an unfinished generation
+    "format_talk",  # talk about the task or the format instead of an instance (drop_format_talk)
+    "copies_instruction",  # a field repeats the instruction (drop_format_talk)
     "copied_demonstration",  # repeats an example shown in the prompt (small models do)
     "near_copy_of_demonstration",  # ROUGE-L above the threshold against one (refine_af.judges)
     "contaminated",  # overlaps the SuperNI test data (refine_af.decontamination)
@@ -103,6 +105,53 @@ def instance_drop_reason(input_text: str, output_text: str, cut_off: bool) -> st
     return None
 
 
+# Talk about the task or its format instead of an instance: a small model asked for "Input: ...
+# Output: ..." echoes the request's words ("Input: Task", "Output: Output is ...", "The task is
+# to ...") or its placeholders. RL on the default learned to write little else, because neither
+# the judge nor the Self-Instruct filters see it (docs/data_read.md). Of the 175 seed tasks'
+# instances, 2 trip it ("Sorry, the task involves personal information").
+_FORMAT_LABELS = frozenset(
+    {"task", "input", "output", "example", "the task", "the input", "the output"}
+    | {"task and output", "input and output", "none"}
+)
+_FORMAT_MARKER_RE = re.compile(r"(?:^|[\s*_#(\"'])(?:input|output|task)s?\s*\d*\s*[*_]*:", re.I)
+_FORMAT_META_RE = re.compile(
+    r"\b(?:(?:the|this|that|a|an|given|specified|example) (?:task|output|input)s?"
+    r"|(?:output|input|task)s? (?:is|was|are|of|should|must|will|contains?|provided))\b",
+    re.I,
+)
+_PLACEHOLDER_RE = re.compile(r"^<[^<>]*>$")
+COPIED_INSTRUCTION_RECALL = 0.8  # share of the instruction's words a field holds, in order
+
+
+def talks_about_format(input_text: str, output_text: str) -> bool:
+    """A field is a bare label ("Task"), a placeholder ("<the input>"), holds a field marker
+    ("Output:") or speaks of the task, its input or output ("the task", "output is")."""
+    for text in (input_text, output_text):
+        bare = " ".join(text.lower().strip(" .,:;()[]\"'`*_").split())
+        if text.strip() and bare in _FORMAT_LABELS:
+            return True
+        if _PLACEHOLDER_RE.match(text.strip()) or _FORMAT_MARKER_RE.search(text):
+            return True
+        if _FORMAT_META_RE.search(text):
+            return True
+    return False
+
+
+def copies_instruction(instruction: str, input_text: str, output_text: str) -> bool:
+    """The input or output holds most of the instruction's words, in order (ROUGE-L recall
+    above :data:`COPIED_INSTRUCTION_RECALL`): the task restated, not an instance of it."""
+    from refine_af.similarity import lcs_length
+
+    wanted = instruction.lower().split()
+    if len(wanted) < MIN_INSTRUCTION_WORDS:
+        return False
+    return any(
+        lcs_length(wanted, text.lower().split()) / len(wanted) > COPIED_INSTRUCTION_RECALL
+        for text in (input_text, output_text)
+    )
+
+
 def _normalized(text: str) -> str:
     return " ".join(text.lower().strip(" \t\n\"'").split())
 
@@ -117,16 +166,23 @@ def instance_reasons(
     is_contaminated: Callable[[str, str], bool] | None = None,
     demonstrations: Collection[str] = (),
     near_copy: Callable[[str], bool] | None = None,
+    instruction: str | None = None,
 ) -> list[str | None]:
     """The reason each ``(input, output, cut_off)`` candidate is dropped on its own, or None.
 
     An input or output equal to one of the prompt's ``demonstrations`` is a copy, not a new
-    instance; ``near_copy`` (when given) also catches copies with a word or two changed.
+    instance; ``near_copy`` (when given) also catches copies with a word or two changed. With
+    ``instruction`` given, format talk and copies of the instruction are dropped too.
     """
     shown = {_normalized(text) for text in demonstrations} - {""}
     reasons: list[str | None] = []
     for input_text, output_text, cut_off in candidates:
         reason = instance_drop_reason(input_text, output_text, cut_off)
+        if reason is None and instruction is not None:
+            if talks_about_format(input_text, output_text):
+                reason = "format_talk"
+            elif copies_instruction(instruction, input_text, output_text):
+                reason = "copies_instruction"
         if reason is None and (_copies(input_text, shown) or _copies(output_text, shown)):
             reason = "copied_demonstration"
         if (

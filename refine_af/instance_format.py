@@ -29,13 +29,36 @@ EMPTY_INPUT_WORDS = frozenset(
     {"", "none", "n/a", "na", "no input", "empty", "null", "nothing", "not applicable", "-"}
 )
 
+# Seed tasks' instances shown as earlier turns of the conversation: the format with real content
+# in it. Asked without them, SmolLM2-135M-Instruct echoed the request's own words ("Input: Task",
+# "Output: Output is ...") or its placeholders in 1 of 4 parsed completions, and RL on top of that
+# learned to write nothing else (docs/data_read.md); with them, 1 in 20 (docs/stages.md). Two
+# tasks with an input, one without, all short.
+DEMONSTRATIONS = (
+    (
+        "Rewrite the following sentence to be more professional.",
+        "We found that the first method works best.",
+        "The first method was found to be the most effective.",
+    ),
+    (
+        "Come up with the synonyms of the word.",
+        "surprisingly",
+        "amazingly, astonishingly, unexpectedly, incredibly, unbelievably",
+    ),
+    (
+        'Write a sentence that ends with the word "published".',
+        "",
+        "We spent a lot of time collecting the data and it finally got published.",
+    ),
+)
+# Their inputs and outputs: an instance repeating one is a copy of the prompt, not a new one.
+DEMONSTRATION_TEXTS = tuple(text for _, *fields in DEMONSTRATIONS for text in fields if text)
+
+# The demonstrations show the format, so the request only names it.
 INSTANCE_REQUEST = (
     "Write one example of the task below: an input for the task and the correct output for that "
-    "input. If the task needs no input, write None as the input.\n\n"
-    "Task: {instruction}\n\n"
-    "Use exactly this format:\n"
-    "Input: <the input, or None>\n"
-    "Output: <the correct output>"
+    "input, as Input: and Output: lines. If the task needs no input, write None as the input.\n\n"
+    "Task: {instruction}"
 )
 
 # ``Output:`` at a line start (or right after the input on the same line), tolerating markdown
@@ -66,9 +89,23 @@ def instance_request(instruction: str) -> str:
     return INSTANCE_REQUEST.format(instruction=" ".join(instruction.split()))
 
 
+def _answer(input_text: str, output: str) -> str:
+    return f"{INPUT_MARKER} {input_text or 'None'}\n{OUTPUT_MARKER} {output}"
+
+
 def instance_prompt(tokenizer: Any, instruction: str, use_chat_template: bool = True) -> str:
-    """The full prompt string, ending with the pre-filled ``Input:`` the completion continues."""
-    return render_chat(tokenizer, instance_request(instruction), INPUT_MARKER, use_chat_template)
+    """The full prompt string, ending with the pre-filled ``Input:`` the completion continues.
+
+    The :data:`DEMONSTRATIONS` come first, each as a request and its answer; every prompt starts
+    with the same tokens, which the generation backend computes once per batch.
+    """
+    turns = [
+        (instance_request(task), _answer(input_text, output))
+        for task, input_text, output in DEMONSTRATIONS
+    ]
+    return render_chat(
+        tokenizer, instance_request(instruction), INPUT_MARKER, use_chat_template, history=turns
+    )
 
 
 def _clean(text: str) -> str:

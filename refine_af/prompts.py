@@ -14,14 +14,32 @@ from typing import Any
 INSTRUCTION_HEADER = "Come up with a series of tasks:"
 
 
-def render_chat(tokenizer: Any, user: str, assistant_prefix: str, use_chat_template: bool) -> str:
-    """A prompt string: the chat template with a pre-filled assistant turn, or plain text."""
+def render_chat(
+    tokenizer: Any,
+    user: str,
+    assistant_prefix: str,
+    use_chat_template: bool,
+    history: Sequence[tuple[str, str]] = (),
+) -> str:
+    """A prompt string: the chat template with a pre-filled assistant turn, or plain text.
+
+    ``history`` holds earlier (user, assistant) turns, e.g. few-shot demonstrations; as plain text
+    each is the user text, a newline and the answer, separated by blank lines.
+    """
     if use_chat_template and getattr(tokenizer, "chat_template", None):
+        messages = [
+            {"role": role, "content": text}
+            for turn in history
+            for role, text in zip(("user", "assistant"), turn, strict=True)
+        ]
         head = tokenizer.apply_chat_template(
-            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+            [*messages, {"role": "user", "content": user}],
+            tokenize=False,
+            add_generation_prompt=True,
         )
         return head + assistant_prefix
-    return f"{user}\n{assistant_prefix}" if assistant_prefix else user
+    shown = "".join(f"{request}\n{answer}\n\n" for request, answer in history)
+    return shown + (f"{user}\n{assistant_prefix}" if assistant_prefix else user)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,9 +32,8 @@ from typing import Any
 from refine_af.config import ConfigError
 from refine_af.errors import UserError
 from refine_af.filters import instance_reasons
-from refine_af.instance_format import ParsedInstance, parse_instance
+from refine_af.instance_format import DEMONSTRATION_TEXTS, ParsedInstance, parse_instance
 from refine_af.judges import NEAR_COPY_THRESHOLD, Judge, NearCopy
-from refine_af.prompts import INSTANCE_DEMONSTRATION_TEXTS
 from refine_af.scorers import (
     WITH_CONTEXT,
     CausalYesNoScorer,
@@ -242,15 +241,20 @@ def keepable(prompts: Any, completions: Any, *, feedback: Feedback, **_: Any) ->
     """1 for an instance stage 3 would keep on its own, else 0 (beyond the paper).
 
     Stage 3 drops an instance cut off by the token limit, with an empty output, an input equal to
-    its output, a field ending with ":", or a copy or near-copy of its prompt's demonstrations;
-    the RL-tuned model writes stage 3's instances, so this teaches it what stage 3 will keep.
+    its output, a field ending with ":", talk about the task or its format, a copy of its
+    instruction, or a copy or near-copy of its prompt's demonstrations; the RL-tuned model
+    writes stage 3's instances, so this teaches it what stage 3 will keep. Without the format
+    talk test, 12 steps of RL on the default taught the model to write "Input: Task / Output:
+    Output is ..." (docs/data_read.md).
     A cut-off completion scoring 0 matters beside ``rl.mask_truncated_completions``: masked, it
     carries no loss, but its reward still sets its group's mean, and a high one there would
     push the finished completions down (on the default, lengths rose to the cap without it).
     """
     near_copy = _near_copy_of_demonstrations()
     values: list[float | None] = []
-    for index, instance in enumerate(feedback.instances):
+    for index, (instruction, instance) in enumerate(
+        zip(feedback.instructions, feedback.instances, strict=True)
+    ):
         if instance is None:
             values.append(None)  # the format penalty speaks for it
             continue
@@ -259,8 +263,9 @@ def keepable(prompts: Any, completions: Any, *, feedback: Feedback, **_: Any) ->
             continue
         kept = instance_reasons(
             [(instance.input, instance.output, False)],
-            demonstrations=INSTANCE_DEMONSTRATION_TEXTS,
+            demonstrations=DEMONSTRATION_TEXTS,
             near_copy=near_copy,
+            instruction=instruction,
         ) == [None]
         values.append(1.0 if kept else 0.0)
     return values
@@ -268,7 +273,7 @@ def keepable(prompts: Any, completions: Any, *, feedback: Feedback, **_: Any) ->
 
 @functools.cache
 def _near_copy_of_demonstrations() -> NearCopy:
-    return NearCopy(INSTANCE_DEMONSTRATION_TEXTS, NEAR_COPY_THRESHOLD)
+    return NearCopy(DEMONSTRATION_TEXTS, NEAR_COPY_THRESHOLD)
 
 
 def format_reward(prompts: Any, completions: Any, *, feedback: Feedback, **_: Any) -> list:

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refine_af.instance_format import (
+    DEMONSTRATIONS,
     EMPTY_INPUT_WORDS,
     OUTPUT_MARKER,
     ParsedInstance,
@@ -23,9 +24,28 @@ def test_prompt_ends_with_prefilled_input_marker(tokenizer_dir):
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     prompt = instance_prompt(tokenizer, "  Write a   haiku\nabout rain. ", use_chat_template=True)
     assert prompt.endswith("<|im_start|>assistant\nInput:")
-    assert "Task: Write a haiku about rain.\n" in prompt
+    assert prompt.endswith(
+        "Task: Write a haiku about rain.<|im_end|>\n<|im_start|>assistant\nInput:"
+    )
     plain = instance_prompt(tokenizer, "Add two numbers.", use_chat_template=False)
-    assert "<|im_start|>" not in plain and plain.endswith("\nInput:")
+    assert "<|im_start|>" not in plain and plain.endswith("Task: Add two numbers.\nInput:")
+
+
+def test_the_demonstrations_come_first_as_answered_turns(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    prompts = [instance_prompt(tokenizer, task) for task in ("Add two numbers.", "Name a color.")]
+    shared = prompts[0].rsplit("<|im_start|>user", 1)[0]  # all but the asked task's turn
+    assert prompts[1].startswith(shared)
+    for task, input_text, output in DEMONSTRATIONS:
+        answer = f"<|im_start|>assistant\nInput: {input_text or 'None'}\nOutput: {output}<|im_end|>"
+        assert f"Task: {task}<|im_end|>" in shared and answer in shared
+    # What the completion is read back with recovers each demonstration.
+    for _, input_text, output in DEMONSTRATIONS:
+        assert parse_instance(f" {input_text or 'None'}\nOutput: {output}<|im_end|>") == (
+            ParsedInstance(input_text, output)
+        )
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,7 @@ class ScriptedBackend:
                 task = re.findall(r"Task: (.*?)(?:<\|im_end\|>)?$", prompt, re.M)[-1]
                 text = f"Input: {task[:20]}\nOutput: answer to {task[:20]}"
             elif prompt.endswith("Input:"):  # stage 3, the one-instance prompt (the default)
-                task = re.findall(r"^Task: (.*)$", prompt, re.M)[-1]
+                task = re.findall(r"^Task: (.*?)(?:<\|im_end\|>)?$", prompt, re.M)[-1]
                 text = f" {task[:20]}\nOutput: answer to {task[:20]}"
             else:  # stage 1: a fresh instruction derived from the prompt
                 digest = hashlib.sha256(prompt.encode()).digest()

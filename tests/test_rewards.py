@@ -160,15 +160,18 @@ def test_keepable_reward_by_hand():
         ParsedInstance("2 and 3", "5"),
         ParsedInstance("same", "same"),  # input equals output
         ParsedInstance("", ""),  # an empty output is never parsed, but stays unkeepable
-        ParsedInstance("", "The Daily Grind is a coffee shop"),  # near-copy of a demonstration
-        ParsedInstance("", "Bean There"),  # exact copy
+        ParsedInstance("", "The first method was found to be effective"),  # near-copy of a demo
+        ParsedInstance("surprisingly", "very"),  # exact copy of a demonstration's input
         ParsedInstance("Here are the steps:", "Mix and bake."),  # a field ending with ":"
         None,  # unparsed: the format penalty speaks for it
         ParsedInstance("", "A cozy cafe called Maple Corner"),
+        ParsedInstance("Task", "Output is the task."),  # talk about the format
+        ParsedInstance("Add the two numbers given.", "5"),  # the instruction copied
     ]
-    feedback = Feedback(["t"] * len(instances), instances, {})
+    instructions = ["Add the two numbers given."] * len(instances)
+    feedback = Feedback(instructions, instances, {})
     values = keepable([None] * len(instances), [""] * len(instances), feedback=feedback)
-    assert values == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, 1.0]
+    assert values == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, 1.0, 0.0, 0.0]
 
 
 def test_a_completion_cut_off_by_the_token_limit_is_not_keepable():

@@ -114,6 +114,12 @@ class InstanceGenerationConfig:
         "ROUGE-L recall of the demonstration above this (e.g. 0.5); null: only exact copies are "
         "dropped (Self-Instruct).",
     )
+    drop_format_talk: bool = help_field(
+        False,
+        "Drop an instance that talks about the task or its format instead of being one "
+        "('Input: Task', 'Output: Output is ...', a placeholder) or repeats its instruction "
+        "in a field (beyond Self-Instruct; refine_af.filters.talks_about_format).",
+    )
     output_judge: float | None = help_field(
         None,
         "Drop an instance whose P(Yes) to 'does the output carry out the instruction on the "
@@ -302,13 +308,22 @@ def _prompt_and_parser(
     return ask_self_instruct, read_self_instruct
 
 
+def demonstration_texts(config: InstanceGenerationConfig) -> dict[bool, tuple[str, ...]]:
+    """The inputs and outputs each prompt shape shows (keyed by is_classification)."""
+    if config.prompt_format == "rl_policy":
+        from refine_af.instance_format import DEMONSTRATION_TEXTS
+
+        return {False: DEMONSTRATION_TEXTS, True: DEMONSTRATION_TEXTS}
+    return {False: INPUT_FIRST_DEMONSTRATION_TEXTS, True: OUTPUT_FIRST_DEMONSTRATION_TEXTS}
+
+
 def near_copy_tests(config: InstanceGenerationConfig) -> dict[bool, NearCopy] | None:
     """The near-copy test for each prompt shape (keyed by is_classification), or None."""
-    if config.near_copy_threshold is None or config.prompt_format != "self_instruct":
+    if config.near_copy_threshold is None:
         return None
     return {
-        False: NearCopy(INPUT_FIRST_DEMONSTRATION_TEXTS, config.near_copy_threshold),
-        True: NearCopy(OUTPUT_FIRST_DEMONSTRATION_TEXTS, config.near_copy_threshold),
+        shape: NearCopy(texts, config.near_copy_threshold)
+        for shape, texts in demonstration_texts(config).items()
     }
 
 
@@ -348,7 +363,11 @@ def run_batch(
     if len(completions) != len(prompts):
         raise RuntimeError(f"backend returned {len(completions)} completions for {len(prompts)}")
 
-    demonstrations = INSTANCE_DEMONSTRATION_TEXTS if config.prompt_format == "self_instruct" else ()
+    demonstrations = (
+        INSTANCE_DEMONSTRATION_TEXTS
+        if config.prompt_format == "self_instruct"
+        else demonstration_texts(config)[False]
+    )
     near_copies = near_copy_tests(config)
     contaminated = decontaminator.instance if decontaminator.available else None
     per_task = []
@@ -366,7 +385,13 @@ def run_batch(
             candidates.extend((inp, out, cut and last) for inp, out, last in parsed)
             sources.extend([number] * len(parsed))
         near_copy = near_copies[task["is_classification"]] if near_copies else None
-        reasons = instance_reasons(candidates, contaminated, demonstrations, near_copy)
+        reasons = instance_reasons(
+            candidates,
+            contaminated,
+            demonstrations,
+            near_copy,
+            instruction=task["instruction"] if config.drop_format_talk else None,
+        )
         per_task.append((task, own, unparsed, candidates, reasons, sources))
 
     scores: dict[tuple[int, int], float] = {}

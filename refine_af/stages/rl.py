@@ -105,7 +105,7 @@ class RLConfig:
     )
     num_generations: int = help_field(4, "Completions sampled per prompt (the group), >= 2.")
     max_prompt_length: int = help_field(
-        384, "Prompt token limit: instructions whose prompt is longer are skipped."
+        512, "Prompt token limit: instructions whose prompt is longer are skipped."
     )
     max_completion_length: int = help_field(64, "Token limit of one completion (the instance).")
     mask_truncated_completions: bool = help_field(
