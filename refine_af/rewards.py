@@ -242,10 +242,11 @@ def keepable(prompts: Any, completions: Any, *, feedback: Feedback, **_: Any) ->
 
     Stage 3 drops an instance cut off by the token limit, with an empty output, an input equal to
     its output, a field ending with ":", talk about the task or its format, a copy of its
-    instruction, or a copy or near-copy of its prompt's demonstrations; the RL-tuned model
-    writes stage 3's instances, so this teaches it what stage 3 will keep. Without the format
-    talk test, 12 steps of RL on the default taught the model to write "Input: Task / Output:
-    Output is ..." (docs/data_read.md).
+    instruction, no input for a task that speaks of a given one, or a copy or near-copy of its
+    prompt's demonstrations; the RL-tuned model writes stage 3's instances, so this teaches it
+    what stage 3 will keep. Each of the last three closes a way 12 steps of RL on the default
+    found to score without writing an instance: "Input: Task / Output: Output is ...", then no
+    input and a made-up sentence for "Translate this sentence" (docs/data_read.md).
     A cut-off completion scoring 0 matters beside ``rl.mask_truncated_completions``: masked, it
     carries no loss, but its reward still sets its group's mean, and a high one there would
     push the finished completions down (on the default, lengths rose to the cap without it).

@@ -167,11 +167,13 @@ def test_keepable_reward_by_hand():
         ParsedInstance("", "A cozy cafe called Maple Corner"),
         ParsedInstance("Task", "Output is the task."),  # talk about the format
         ParsedInstance("Add the two numbers given.", "5"),  # the instruction copied
+        ParsedInstance("", "5"),  # no input, but the task speaks of its numbers
     ]
-    instructions = ["Add the two numbers given."] * len(instances)
+    instructions = ["Add the two numbers given."] * (len(instances) - 1)
+    instructions.append("Add the given numbers.")
     feedback = Feedback(instructions, instances, {})
     values = keepable([None] * len(instances), [""] * len(instances), feedback=feedback)
-    assert values == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, 1.0, 0.0, 0.0]
+    assert values == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, 1.0, 0.0, 0.0, 0.0]
 
 
 def test_a_completion_cut_off_by_the_token_limit_is_not_keepable():

@@ -114,11 +114,12 @@ class InstanceGenerationConfig:
         "ROUGE-L recall of the demonstration above this (e.g. 0.5); null: only exact copies are "
         "dropped (Self-Instruct).",
     )
-    drop_format_talk: bool = help_field(
+    drop_non_instances: bool = help_field(
         False,
-        "Drop an instance that talks about the task or its format instead of being one "
-        "('Input: Task', 'Output: Output is ...', a placeholder) or repeats its instruction "
-        "in a field (beyond Self-Instruct; refine_af.filters.talks_about_format).",
+        "Drop a candidate that is not an instance of its task: talk about the task or its "
+        "format ('Input: Task', 'Output: Output is ...', a placeholder), a field repeating the "
+        "instruction, or no input for a task that speaks of a given one ('the given sentence') "
+        "(beyond Self-Instruct; refine_af.filters).",
     )
     output_judge: float | None = help_field(
         None,
@@ -390,7 +391,7 @@ def run_batch(
             contaminated,
             demonstrations,
             near_copy,
-            instruction=task["instruction"] if config.drop_format_talk else None,
+            instruction=task["instruction"] if config.drop_non_instances else None,
         )
         per_task.append((task, own, unparsed, candidates, reasons, sources))
 

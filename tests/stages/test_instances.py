@@ -203,7 +203,7 @@ def make_run(tmp: Path, tiny_model_dir: Path, n: int = 7, *overrides: str) -> tu
             f"run.model={tiny_model_dir}",
             # Self-Instruct's filters here (the scripted inputs repeat the instruction)
             "generate_instances.output_judge=null",
-            "generate_instances.drop_format_talk=false",
+            "generate_instances.drop_non_instances=false",
             # Self-Instruct's prompt, greedy, one completion per instruction (the scripted
             # backend answers it); the default's one-instance prompt is tested on its own.
             "generate_instances.prompt_format=self_instruct",
