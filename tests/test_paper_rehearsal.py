@@ -1,11 +1,12 @@
 """A CPU rehearsal of ``refineaf train -c paper``: every stage, with tiny stand-ins of the paper's
 models in their published layouts.
 
-Only the model paths, the GPU switches (``run.device``, bf16, vLLM) and the counts differ from
-the packaged ``paper`` config; every other setting is the paper config's own (no chat template,
-UniEval and the OpenAssistant reward model as scorers, gradient checkpointing, gradient
-accumulation, cosine schedule with warm-up, presence penalty, decontamination, TensorBoard logs,
-merged adapters, ...). ``test_paper_settings_are_all_exercised`` keeps that list honest.
+Only the model paths, the GPU switches (``run.device``, bf16, vLLM), the counts and the RL prompt
+limit (see ``STAND_IN_TOKENIZER``) differ from the packaged ``paper`` config; every other setting
+is the paper config's own (no chat template, UniEval and the OpenAssistant reward model as
+scorers, gradient checkpointing, gradient accumulation, cosine schedule with warm-up, presence
+penalty, decontamination, TensorBoard logs, merged adapters, ...).
+``test_paper_settings_are_all_exercised`` keeps that list honest.
 
 The policy is a real ``LlamaForCausalLM`` whose weights are set by hand (see
 ``instance_writing_llama``): a random tiny policy writes nothing any filter keeps, so stage 3
@@ -83,6 +84,10 @@ SMALL = {
     "sft.max_length": "128",
     "sft.save_steps": "1",
 }
+# The stand-in tokenizer has a 300-piece vocabulary, so text takes about twice the tokens it takes
+# with a real one: stage 2's prompt (three demonstrations and the request) is 649 tokens here and
+# 299 with SmolLM2's tokenizer, and the paper's 512-token limit would skip every instruction.
+STAND_IN_TOKENIZER = {"rl.max_prompt_length": "1024"}
 
 
 @pytest.fixture(scope="session")
@@ -131,15 +136,17 @@ def overrides(run: Path, policy: Path, rm: Path, unieval: Path, seeds: Path, poo
         "generate_instructions.seed_tasks": str(seeds),
         "generate_instructions.initial_instructions": str(pool),
     }
-    return [f"{key}={value}" for key, value in {**paths, **GPU_ONLY, **SMALL}.items()]
+    settings = {**paths, **GPU_ONLY, **SMALL, **STAND_IN_TOKENIZER}
+    return [f"{key}={value}" for key, value in settings.items()]
 
 
 def test_paper_settings_are_all_exercised() -> None:
-    """The rehearsal changes only paths, GPU switches and counts: any other paper setting runs as
-    configured. A new paper setting must be added here (and run) or listed as GPU-only."""
+    """The rehearsal changes only paths, GPU switches, counts and a token limit: any other paper
+    setting runs as configured. A new paper setting must be added here (and run) or listed as
+    GPU-only."""
     changed = {"run.output_dir", "run.model", "rl.reward_model", "rl.evaluator"}
     changed |= {"generate_instructions.seed_tasks", "generate_instructions.initial_instructions"}
-    changed |= set(GPU_ONLY) | set(SMALL)
+    changed |= set(GPU_ONLY) | set(SMALL) | set(STAND_IN_TOKENIZER)
     paper = load_config("paper")
     assert paper.run.device == "cuda" and paper.rl.use_vllm and paper.rl.bf16 and paper.sft.bf16
     # What the paper config sets that the rehearsal keeps as it is.
