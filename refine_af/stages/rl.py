@@ -166,7 +166,7 @@ class RLConfig:
         "none", "Live training logs: 'none', 'tensorboard', 'trackio', 'wandb' (TRL's report_to)."
     )
     gradient_checkpointing: bool = help_field(
-        False, "Recompute activations to save memory (GPU-scale runs)."
+        False, "Recompute activations in the backward pass: less memory, a little more time."
     )
     use_vllm: bool = help_field(False, "Generate with vLLM (colocated; needs vllm and a GPU).")
     fast_generation: bool = help_field(
