@@ -16,6 +16,8 @@ the format penalty and stage 3 drops.
 
 from __future__ import annotations
 
+import hashlib
+import random
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -32,27 +34,67 @@ EMPTY_INPUT_WORDS = frozenset(
 # Seed tasks' instances shown as earlier turns of the conversation: the format with real content
 # in it. Asked without them, SmolLM2-135M-Instruct echoed the request's own words ("Input: Task",
 # "Output: Output is ...") or its placeholders in 1 of 4 parsed completions, and RL on top of that
-# learned to write nothing else (docs/data_read.md); with them, 1 in 20 (docs/stages.md). Two
-# tasks with an input, one without, all short.
-DEMONSTRATIONS = (
-    (
-        "Rewrite the following sentence to be more professional.",
-        "We found that the first method works best.",
-        "The first method was found to be the most effective.",
-    ),
+# learned to write nothing else (docs/data_read.md); with them, 1 in 20 (docs/stages.md).
+# Each prompt shows three of these, chosen by its instruction (:func:`demonstrations_for`): two
+# with an input and one without. With the same three for every prompt, two of them first-person
+# sentences, the RL-tuned model wrote "We ..." sentences for any task (54 of 190 kept instances);
+# a pool gives it no single voice to copy. All short, none a class label (Yes, positive), no
+# "We".
+DEMONSTRATIONS_WITH_INPUT = (
     (
         "Come up with the synonyms of the word.",
         "surprisingly",
         "amazingly, astonishingly, unexpectedly, incredibly, unbelievably",
     ),
+    ("Answer the following question.", "When did US land human on the moon?", "July 20, 1969."),
     (
-        'Write a sentence that ends with the word "published".',
-        "",
-        "We spent a lot of time collecting the data and it finally got published.",
+        "Sort the given list ascendingly.",
+        "List: [10, 2, 5, -4, 92, 101]",
+        "[-4, 2, 5, 10, 92, 101]",
+    ),
+    ("Convert the following measurement.", "3 ft = _____ in.", "3 ft = 36 in."),
+    (
+        "Given a sentence that is assertive, convert it to a sentence that hedges or introduces "
+        "uncertainty.",
+        "It's going to rain tomorrow.",
+        "It's likely to rain tomorrow.",
+    ),
+    (
+        "Select the oldest person from the list.",
+        "George Washington, Confucius, Michael Jordan, Michelangelo",
+        "Confucius",
+    ),
+    (
+        "Fill in the blank with a word or phrase.",
+        "The Houston Rockets are an American professional ___ team based in Houston.",
+        "basketball",
     ),
 )
-# Their inputs and outputs: an instance repeating one is a copy of the prompt, not a new one.
+DEMONSTRATIONS_WITHOUT_INPUT = (
+    ("Make up a new flavor of ice cream.", "", "Popcorn jelly bean ice cream"),
+    ("Give me a phrase that I can use to express I am very happy.", "", "I am over the moon!"),
+    ("Find the four smallest perfect numbers.", "", "6, 28, 496, and 8128"),
+)
+DEMONSTRATIONS = DEMONSTRATIONS_WITH_INPUT + DEMONSTRATIONS_WITHOUT_INPUT
+# Their inputs and outputs: an instance repeating one is a copy of a prompt, not a new one.
 DEMONSTRATION_TEXTS = tuple(text for _, *fields in DEMONSTRATIONS for text in fields if text)
+
+
+def demonstrations_for(instruction: str) -> list[tuple[str, str, str]]:
+    """The three demonstrations the prompt for ``instruction`` shows, in order.
+
+    Chosen by a hash of the instruction, not by the run's random state: RL and stage 3 then show
+    an instruction the same demonstrations, and a resumed stage builds the same prompts.
+    """
+    digest = hashlib.sha256(" ".join(instruction.split()).encode()).digest()
+    chooser = random.Random(int.from_bytes(digest[:8], "big"))
+    chosen = [
+        *chooser.sample(DEMONSTRATIONS_WITH_INPUT, 2),
+        chooser.choice(DEMONSTRATIONS_WITHOUT_INPUT),
+    ]
+    chooser.shuffle(chosen)
+    return chosen
+
 
 # The demonstrations show the format, so the request only names it.
 INSTANCE_REQUEST = (
@@ -96,12 +138,12 @@ def _answer(input_text: str, output: str) -> str:
 def instance_prompt(tokenizer: Any, instruction: str, use_chat_template: bool = True) -> str:
     """The full prompt string, ending with the pre-filled ``Input:`` the completion continues.
 
-    The :data:`DEMONSTRATIONS` come first, each as a request and its answer; every prompt starts
-    with the same tokens, which the generation backend computes once per batch.
+    Three :data:`DEMONSTRATIONS` come first (:func:`demonstrations_for`), each as a request and
+    its answer; the generation backend computes a prompt once for all its sampled completions.
     """
     turns = [
         (instance_request(task), _answer(input_text, output))
-        for task, input_text, output in DEMONSTRATIONS
+        for task, input_text, output in demonstrations_for(instruction)
     ]
     return render_chat(
         tokenizer, instance_request(instruction), INPUT_MARKER, use_chat_template, history=turns

@@ -280,6 +280,9 @@ def _near_copy_of_demonstrations() -> NearCopy:
 def format_reward(prompts: Any, completions: Any, *, feedback: Feedback, **_: Any) -> list:
     """0 for a completion that parses as an instance, -1 otherwise (weight: rl.format_penalty).
 
+    With ``rl.cut_off_fails_format`` a completion cut off by the token limit counts as one that
+    does not parse: stage 2 sets its instance to None before any scorer is asked.
+
     Not in the registry: it is always on, weighted by ``rl.format_penalty`` rather than by a
     ``reward_weights`` entry.
     """
@@ -324,6 +327,7 @@ class ScoredSample:
     instance: ParsedInstance | None
     values: dict[str, float | None]  # each active reward's value (and "format" in stage 2)
     combined: float  # the paper's weighted sum, intercept included
+    cut_off: bool = False  # the completion hit the token limit (stage 2 only)
 
 
 @dataclass
@@ -364,7 +368,14 @@ class WeightedRewards:
                 if value is not None:
                     total += weight * value
             samples.append(
-                ScoredSample(feedback.instructions[index], completions[index], instance, row, total)
+                ScoredSample(
+                    feedback.instructions[index],
+                    completions[index],
+                    instance,
+                    row,
+                    total,
+                    feedback.is_cut_off(index),
+                )
             )
         return samples
 
@@ -390,12 +401,15 @@ class TRLRewards:
         model: WeightedRewards,
         sample_sink: Callable[[int, list[ScoredSample]], None] | None = None,
         stop_token_ids: Collection[int] = (),
+        cut_off_fails_format: bool = False,
     ) -> None:
         self.model = model
         self.sample_sink = sample_sink
         # A completion whose last token is none of these was cut off by the token limit (TRL's
         # own test for mask_truncated_completions); empty: no completion counts as cut off.
         self.stop_token_ids = set(stop_token_ids)
+        # rl.cut_off_fails_format: a cut-off completion is scored as one that does not parse.
+        self.cut_off_fails_format = cut_off_fails_format
         self._cache_key: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self._cache: list[ScoredSample] = []
 
@@ -409,11 +423,16 @@ class TRLRewards:
         key = (tuple(instructions), tuple(texts))
         if key == self._cache_key:
             return self._cache
-        instances = [parse_instance(text) for text in texts]
-        feedback = self.model.feedback.score(instructions, instances)
         ids = kwargs.get("completion_ids")
+        cut_off: list[bool] = []
         if self.stop_token_ids and ids is not None:
-            feedback.cut_off = [bool(row) and row[-1] not in self.stop_token_ids for row in ids]
+            cut_off = [bool(row) and row[-1] not in self.stop_token_ids for row in ids]
+        fails = cut_off if self.cut_off_fails_format and cut_off else [False] * len(texts)
+        instances = [
+            None if fail else parse_instance(t) for t, fail in zip(texts, fails, strict=True)
+        ]
+        feedback = self.model.feedback.score(instructions, instances)
+        feedback.cut_off = cut_off
         extra = {k: v for k, v in kwargs.items() if k not in ("log_metric", "log_extra")}
         samples = self.model.evaluate(feedback, texts, True, {"prompts": list(prompts), **extra})
         self._log(samples, kwargs)

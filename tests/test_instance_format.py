@@ -13,6 +13,7 @@ from refine_af.instance_format import (
     EMPTY_INPUT_WORDS,
     OUTPUT_MARKER,
     ParsedInstance,
+    demonstrations_for,
     instance_prompt,
     parse_instance,
 )
@@ -31,21 +32,36 @@ def test_prompt_ends_with_prefilled_input_marker(tokenizer_dir):
     assert "<|im_start|>" not in plain and plain.endswith("Task: Add two numbers.\nInput:")
 
 
-def test_the_demonstrations_come_first_as_answered_turns(tokenizer_dir):
+def test_the_chosen_demonstrations_come_first_as_answered_turns(tokenizer_dir):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    prompts = [instance_prompt(tokenizer, task) for task in ("Add two numbers.", "Name a color.")]
-    shared = prompts[0].rsplit("<|im_start|>user", 1)[0]  # all but the asked task's turn
-    assert prompts[1].startswith(shared)
+    prompt = instance_prompt(tokenizer, "Add two numbers.")
+    shown = prompt.rsplit("<|im_start|>user", 1)[0]  # all but the asked task's turn
+    chosen = demonstrations_for("Add two numbers.")
     for task, input_text, output in DEMONSTRATIONS:
         answer = f"<|im_start|>assistant\nInput: {input_text or 'None'}\nOutput: {output}<|im_end|>"
-        assert f"Task: {task}<|im_end|>" in shared and answer in shared
+        assert (answer in shown) == ((task, input_text, output) in chosen)
+        assert (f"Task: {task}<|im_end|>" in shown) == ((task, input_text, output) in chosen)
+    positions = [shown.index(f"Task: {task}<|im_end|>") for task, _, _ in chosen]
+    assert positions == sorted(positions)
     # What the completion is read back with recovers each demonstration.
     for _, input_text, output in DEMONSTRATIONS:
         assert parse_instance(f" {input_text or 'None'}\nOutput: {output}<|im_end|>") == (
             ParsedInstance(input_text, output)
         )
+
+
+def test_demonstrations_depend_on_the_instruction_only():
+    chosen = demonstrations_for("Add two numbers.")
+    assert demonstrations_for("  Add two\nnumbers. ") == chosen  # the same request, reformatted
+    assert len(chosen) == 3 and len(set(chosen)) == 3
+    assert sum(1 for _, input_text, _ in chosen if input_text) == 2  # one shows "None"
+    # Over many instructions every demonstration is shown, in varying orders: no single voice.
+    many = [demonstrations_for(f"Task number {n}.") for n in range(200)]
+    assert {d for demos in many for d in demos} == set(DEMONSTRATIONS)
+    assert len({demos[-1] for demos in many}) == len(DEMONSTRATIONS)
+    assert not any(output.startswith("We ") for _, _, output in DEMONSTRATIONS)
 
 
 @pytest.mark.parametrize(

@@ -160,7 +160,7 @@ def test_keepable_reward_by_hand():
         ParsedInstance("2 and 3", "5"),
         ParsedInstance("same", "same"),  # input equals output
         ParsedInstance("", ""),  # an empty output is never parsed, but stays unkeepable
-        ParsedInstance("", "The first method was found to be effective"),  # near-copy of a demo
+        ParsedInstance("", "It is likely to rain tomorrow"),  # near-copy of a demonstration
         ParsedInstance("surprisingly", "very"),  # exact copy of a demonstration's input
         ParsedInstance("Here are the steps:", "Mix and bake."),  # a field ending with ":"
         None,  # unparsed: the format penalty speaks for it
@@ -191,3 +191,26 @@ def test_a_completion_cut_off_by_the_token_limit_is_not_keepable():
     # Without the ids (refineaf score's ready instances) nothing counts as cut off.
     unknown = TRLRewards(WeightedRewards(feedback, weights, 0.0, 1.0), stop_token_ids={0, 2})
     assert unknown.functions()[0](["p", "p"], completions, instruction=["Add."] * 2) == [1.0, 1.0]
+
+
+def test_a_cut_off_completion_can_fail_the_format_instead():
+    """rl.cut_off_fails_format: the cut-off completion gets the format penalty and no scorer's
+    reward (so with mask_truncated_completions off its loss pushes it down); the log says so."""
+    weights = {"keepable": 1.0}
+    feedback = AutomatedFeedback(None, None, needed_signals(weights))
+    logged: list = []
+    rewards = TRLRewards(
+        WeightedRewards(feedback, weights, 0.0, 1.0),
+        lambda step, samples: logged.extend(samples),
+        stop_token_ids={0, 2},
+        cut_off_fails_format=True,
+    )
+    completions = [" 2 and 3\nOutput: 5", " 4 and 4\nOutput: 8 and then 9 and"]
+    keep, form = (
+        function(["p", "p"], completions, instruction=["Add."] * 2, completion_ids=[[7, 2], [7, 9]])
+        for function in rewards.functions()
+    )
+    assert keep == [1.0, None] and form == [0.0, -1.0]
+    assert [s.cut_off for s in logged] == [False, True]
+    assert [s.combined for s in logged] == [1.0, -1.0]
+    assert logged[1].instance is None  # parseable, but scored as not parsed

@@ -136,6 +136,12 @@ class RLConfig:
     format_penalty: float = help_field(
         1.0, "Reward subtracted for a completion that does not parse as 'Input: ... Output: ...'."
     )
+    cut_off_fails_format: bool = help_field(
+        False,
+        "Score a completion cut off by max_completion_length as one that does not parse (the "
+        "format penalty, no scorer asked): stage 3 drops both. Beyond the paper; use it with "
+        "mask_truncated_completions off, or the cut-off completions carry no loss.",
+    )
     reward_model: str = help_field(
         "causal:default",
         "Reward model: a sequence-classification model (paper: "
@@ -401,6 +407,7 @@ def make_sample_sink(path: Path, is_main: bool) -> Any:
                     "completion": s.completion,
                     "input": s.instance.input if s.instance else None,
                     "output": s.instance.output if s.instance else None,
+                    "cut_off": s.cut_off,
                     **s.values,
                     "combined": s.combined,
                 }
@@ -676,7 +683,11 @@ class RLRecipe:
             scorers = load_scorers(self.config, device)
         self.scorers = scorers
         model = weighted_rewards(self.config, scorers)
-        self.rewards = TRLRewards(model, make_sample_sink(self.samples_path, self.is_main))
+        self.rewards = TRLRewards(
+            model,
+            make_sample_sink(self.samples_path, self.is_main),
+            cut_off_fails_format=self.settings.cut_off_fails_format,
+        )
         # TRL gets the weights in the order of the reward functions.
         self.arguments.reward_weights = self.rewards.weights()
 
