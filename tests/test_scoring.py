@@ -204,6 +204,9 @@ def test_scores_equal_what_stage_2_logged(
         "rl.max_completion_length=8",
         "rl.lora_r=4",
         "rl.lora_alpha=8",
+        # The random model's completions all hit the 8-token cap: scored as unparsed (the
+        # default's cut_off_fails_format), none would reach a scorer.
+        "rl.cut_off_fails_format=false",
         # Every scorer signal, the judge's shared few-shot turns included.
         "rl.reward_weights={reward_model: 0.0078, understandability: -0.4421, naturalness: 0.3212,"
         " coherence: 0.1520, judge: 1.0, keepable: 0.05}",

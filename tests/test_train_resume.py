@@ -179,8 +179,10 @@ def test_train_killed_during_rl_resumes_from_its_checkpoint(
         "rl.trainer_args.gradient_accumulation_steps=1",
         "rl.num_generations=2",
         "rl.max_completion_length=8",
-        # The random model never ends a completion within 8 tokens: without this no token of a
-        # cut-off completion would carry loss and the adapter would not move.
+        # The random model never ends a completion within 8 tokens: scored as unparsed (the
+        # default's cut_off_fails_format), every completion would get -1 and no advantage, and
+        # masked, no token would carry loss; either way the adapter would not move.
+        "rl.cut_off_fails_format=false",
         "rl.mask_truncated_completions=false",
         "rl.learning_rate=0.01",
         "rl.lora_r=4",

@@ -48,9 +48,11 @@ def make_config(run_path: Path, model_dir: Path, *overrides: str):
             "rl.learning_rate=0.01",
             "rl.lora_r=4",
             "rl.lora_alpha=8",
-            # A random model never ends a completion within 8 tokens: with the default's mask on
-            # truncated completions no step would move the adapter. The KL term is on so the
-            # reference path (adapter switched off) is exercised.
+            # A random model never ends a completion within 8 tokens: with the default's
+            # cut_off_fails_format every completion would score -1 unasked (no scorer exercised,
+            # no advantage), and with a mask on them no step would move the adapter. The KL term
+            # is on so the reference path (adapter switched off) is exercised.
+            "rl.cut_off_fails_format=false",
             "rl.mask_truncated_completions=false",
             "rl.beta=0.04",
             PAPER_STYLE_WEIGHTS,  # every scorer is exercised (the default asks only the judge)
@@ -397,6 +399,27 @@ def test_two_cpu_processes_with_accelerate_launch(tmp_path, tiny_model_dir):
     # Only the main process logs: one metrics line per step, not two.
     assert [m["step"] for m in read_log(folder / "metrics.jsonl")] == [1, 2]
     assert RunDirectory(tmp_path).stage_status("rl")["state"] == "done"
+
+
+def test_cut_off_completions_can_score_as_unparsed(tmp_path, tiny_model_dir, built_trainers):
+    """rl.cut_off_fails_format (the default's): every completion of a random model is cut off at
+    8 tokens, so each scores the format penalty, no scorer is asked, and samples.jsonl says why."""
+    write_instructions(tmp_path)
+    config = make_config(tmp_path, tiny_model_dir, "rl.cut_off_fails_format=true")
+    asked: list[str] = []
+
+    class CountingScorer(LengthScorer):
+        def score(self, texts):
+            asked.extend(texts)
+            return super().score(texts)
+
+    rl.run(config, RunDirectory(tmp_path), scorers=(CountingScorer(), CountingScorer()))
+    assert asked == []
+    samples = read_log(tmp_path / "rl" / "samples.jsonl")
+    assert samples and all(s["cut_off"] and s["output"] is None for s in samples)
+    assert {s["format"] for s in samples} == {-1.0}
+    assert all(s[name] is None for s in samples for name in ("reward_model", "coherence"))
+    assert read_log(tmp_path / "rl" / "metrics.jsonl")[0]["format_penalty_rate"] == 1.0
 
 
 def test_truncated_completions_are_left_out_of_the_loss(tmp_path, tiny_model_dir, built_trainers):
