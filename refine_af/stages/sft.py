@@ -20,6 +20,7 @@ Outputs in ``RUN/sft/<variant>/``::
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -98,7 +99,10 @@ class SFTConfig:
     )
     bf16: bool | None = help_field(None, "bfloat16 mixed precision; None: on when run.dtype is.")
     max_train_instances: int | None = help_field(
-        None, "Train on at most the first N instances (None: all)."
+        None,
+        "Train on at most N instances, drawn at random (run.seed) from the variant's set, in "
+        "their order (None: all). The same N for every variant compares data of one size, e.g. "
+        "175, the seed set's, when the generated sets are larger.",
     )
     logging_steps: int = help_field(5, "Log loss every N steps (metrics.jsonl).")
     save_steps: int = help_field(50, "Checkpoint every N steps (an interrupted run resumes).")
@@ -149,11 +153,14 @@ def instances_path(run_dir: RunDirectory, variant: str) -> Path:
 
 
 def training_examples(
-    path: Path, limit: int | None = None, text_format: str = "plain"
+    path: Path, limit: int | None = None, text_format: str = "plain", seed: int = 0
 ) -> list[dict[str, Any]]:
     """Prompt-completion pairs in the fine-tuning format (refine_af.prompts): plain text, or
     TRL's conversational form (one user and one assistant message), which SFTTrainer renders
-    with the model's chat template and still trains on the completion only."""
+    with the model's chat template and still trains on the completion only.
+
+    ``limit`` keeps that many, drawn with ``seed`` and kept in file order: the first N would
+    hold only the first instructions' instances."""
     examples: list[dict[str, Any]] = []
     for number, record in enumerate(read_records(path, "run generate-instances again"), 1):
         try:
@@ -169,8 +176,9 @@ def training_examples(
             examples.append({"prompt": prompt, "completion": training_completion(record["output"])})
         except (KeyError, TypeError, AttributeError) as error:
             raise UserError(f"{path} record {number} is not an instance record") from error
-    if limit is not None:
-        examples = examples[:limit]
+    if limit is not None and limit < len(examples):
+        chosen = sorted(random.Random(seed).sample(range(len(examples)), limit))
+        examples = [examples[index] for index in chosen]
     if not examples:
         raise UserError(
             f"{path} holds no instances: every generated instance was filtered out; see the "
@@ -374,7 +382,9 @@ def run(
     run_dir.claim(folder, stage_key, restart, "fine-tuning checkpoints and adapter")
 
     with run_dir.stage(stage_name(variant), stage_key) as status:
-        examples = training_examples(source, settings.max_train_instances, settings.text_format)
+        examples = training_examples(
+            source, settings.max_train_instances, settings.text_format, config.run.seed
+        )
         trainer = build_trainer(config, examples, checkpoints, base_path, status)
         trained_on = len(trainer.train_dataset)
         if trained_on == 0:

@@ -94,6 +94,8 @@ def test_sft_trains_saves_and_reloads(tmp_path: Path, tiny_model_dir: Path) -> N
     assert sft.run(config, run_dir, "baseline")["skipped"] is True
     changed = tiny_config(tmp_path, tiny_model_dir, "sft.max_steps=1")
     assert sft.run(changed, run_dir, "baseline")["steps"] == 1
+    capped = tiny_config(tmp_path, tiny_model_dir, "sft.max_steps=1", "sft.max_train_instances=4")
+    assert sft.run(capped, run_dir, "baseline")["examples"] == 4
 
 
 def test_missing_instances_is_a_user_error(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -140,3 +142,18 @@ def test_a_max_length_the_template_fills_is_a_one_line_error(
     config = tiny_config(tmp_path, tiny_model_dir, "sft.text_format=chat", "sft.max_length=16")
     with pytest.raises(UserError, match=r"raise sft\.max_length"):
         sft.run(config, RunDirectory(tmp_path), "baseline")
+
+
+def test_max_train_instances_draws_a_seeded_subset_in_file_order(tmp_path: Path) -> None:
+    """A size-matched comparison: N instances drawn with run.seed from the whole set (not its
+    first N, which would hold only the first instructions), kept in file order."""
+    make_instances(tmp_path, n=40)
+    path = sft.instances_path(RunDirectory(tmp_path), "baseline")
+    numbers = [
+        [int(e["completion"].split()[-1]) - 1 for e in sft.training_examples(path, 10, seed=s)]
+        for s in (1, 1, 2)
+    ]
+    assert numbers[0] == numbers[1] and numbers[0] != numbers[2]
+    assert all(len(n) == 10 and n == sorted(n) for n in numbers)
+    assert max(numbers[0]) >= 10  # not simply the first ten
+    assert len(sft.training_examples(path, 100, seed=1)) == 40  # a limit above the size: all
