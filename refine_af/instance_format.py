@@ -37,7 +37,7 @@ EMPTY_INPUT_WORDS = frozenset(
 # learned to write nothing else (docs/data_read.md); with them, 1 in 20 (docs/stages.md).
 # Each prompt shows three of these, chosen by its instruction (:func:`demonstrations_for`): two
 # with an input and one without. With the same three for every prompt, two of them first-person
-# sentences, the RL-tuned model wrote "We ..." sentences for any task (54 of 190 kept instances);
+# sentences, the RL-tuned model wrote "We ..." sentences for any task (48 of 190 kept outputs);
 # a pool gives it no single voice to copy. All short, none a class label (Yes, positive), no
 # "We".
 DEMONSTRATIONS_WITH_INPUT = (

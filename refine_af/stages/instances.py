@@ -617,6 +617,13 @@ def run(
     return result
 
 
+def seeded_subset(items: list[Any], size: int, seed: int) -> list[Any]:
+    """``size`` of ``items`` drawn with ``seed``, in their order (all of them if fewer)."""
+    if size >= len(items):
+        return list(items)
+    return [items[index] for index in sorted(random.Random(seed).sample(range(len(items)), size))]
+
+
 def matched_size(run_dir: RunDirectory) -> int:
     """How many instances the REFINE-AF set kept (what ``seeds_matched`` subsamples to)."""
     path = run_dir.path / STAGE_DIR / "refine_af" / "instances.jsonl"
@@ -637,7 +644,6 @@ def seed_instances(
 
     ``seeds_matched`` draws as many of them (``run.seed``) as the REFINE-AF set kept, so a
     comparison with it separates how good the data is from how much there is."""
-    import random
 
     from refine_af.seeds import load_seed_tasks, seed_tasks_path
 
@@ -679,9 +685,8 @@ def seed_instances(
                     f"the REFINE-AF set kept {size} instances but the seed tasks have only "
                     f"{len(records)}: seeds_matched cannot match it; compare with seeds_only"
                 )
-            chosen = sorted(random.Random(config.run.seed).sample(range(len(records)), size))
             subsampled = len(records) - size
-            records = [records[index] for index in chosen]
+            records = seeded_subset(records, size, config.run.seed)
         write_records_atomic(folder / "instances.jsonl", records)
         used = {record["instruction_id"] for record in records}
         result = {

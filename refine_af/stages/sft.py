@@ -20,7 +20,6 @@ Outputs in ``RUN/sft/<variant>/``::
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -32,7 +31,7 @@ from refine_af.models import lora_config
 from refine_af.prompts import training_completion, training_prompt
 from refine_af.run_dir import RunDirectory, StageRecord
 from refine_af.stages.instances import STAGE_DIR as INSTANCES_DIR
-from refine_af.stages.instances import check_variant
+from refine_af.stages.instances import check_variant, seeded_subset
 from refine_af.storage import (
     atomic_directory,
     file_digest,
@@ -176,9 +175,8 @@ def training_examples(
             examples.append({"prompt": prompt, "completion": training_completion(record["output"])})
         except (KeyError, TypeError, AttributeError) as error:
             raise UserError(f"{path} record {number} is not an instance record") from error
-    if limit is not None and limit < len(examples):
-        chosen = sorted(random.Random(seed).sample(range(len(examples)), limit))
-        examples = [examples[index] for index in chosen]
+    if limit is not None:
+        examples = seeded_subset(examples, limit, seed)
     if not examples:
         raise UserError(
             f"{path} holds no instances: every generated instance was filtered out; see the "
