@@ -22,6 +22,10 @@ def trainer_config(
     """``trl_class(**stage_values, **trainer_args)``; a clash, an unknown name or a value TRL
     rejects is a :class:`ConfigError` naming ``section.trainer_args.<key>``."""
     accepted = {f.name for f in dataclasses.fields(trl_class) if f.init}
+    stage_values = dict(stage_values)
+    if "activation_checkpointing" in stage_values and "activation_checkpointing" not in accepted:
+        # transformers renamed gradient_checkpointing after 5.17; both names are in our range.
+        stage_values["gradient_checkpointing"] = stage_values.pop("activation_checkpointing")
     for key in trainer_args:
         if key in stage_values:
             raise ConfigError(

@@ -96,3 +96,31 @@ def test_gguf_cut_short_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     message = str(error.value)
     assert "damaged or cut short" in message and "\n" not in message
     assert not list((tmp_path / "cache").rglob("*.safetensors"))  # nothing half-written kept
+
+
+def test_hub_kernels_are_off_unless_the_user_turns_them_on(tiny_model_dir: Path) -> None:
+    """transformers would fetch compiled kernels from the Hub for a model on CUDA (code from
+    outside, and a failure offline); importing refine_af turns that off, a user's own setting
+    wins. Run in fresh interpreters: the setting is read from the environment at load time."""
+    import os
+    import subprocess
+    import sys
+
+    load = (
+        "import refine_af, os; from transformers import AutoModelForCausalLM; "
+        f"m = AutoModelForCausalLM.from_pretrained({str(tiny_model_dir)!r}); "
+        "print(os.environ['USE_HUB_KERNELS'], bool(getattr(m, 'use_kernels', False)))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "USE_HUB_KERNELS"}
+    default = subprocess.run(
+        [sys.executable, "-c", load], env=env, capture_output=True, text=True, check=True
+    )
+    assert default.stdout.split() == ["0", "False"]
+    asked = subprocess.run(
+        [sys.executable, "-c", load],
+        env={**env, "USE_HUB_KERNELS": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert asked.stdout.split()[0] == "1"
