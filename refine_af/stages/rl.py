@@ -449,7 +449,8 @@ def trainer_arguments(
         "save_strategy": "steps",
         "save_steps": settings.save_steps,
         "logging_steps": settings.logging_steps,
-        # transformers 5 renamed gradient_checkpointing; TRL's config still defaults it to True.
+        # The new name of gradient_checkpointing (trl_args maps it back for transformers <= 5.17);
+        # TRL's config still defaults it to True.
         "activation_checkpointing": settings.gradient_checkpointing,
         # TRL defaults bf16 to True; on CPU that would autocast every matmul to bfloat16.
         "bf16": settings.bf16,

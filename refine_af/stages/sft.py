@@ -241,7 +241,8 @@ def training_arguments(config: Any, output_dir: Path, bf16: bool, use_cpu: bool)
         "learning_rate": settings.learning_rate,
         "lr_scheduler_type": settings.lr_scheduler_type,
         "per_device_train_batch_size": settings.per_device_train_batch_size,
-        # transformers 5 renamed gradient_checkpointing (TRL's config defaults the old name on).
+        # The new name of gradient_checkpointing (trl_args maps it back for transformers <= 5.17;
+        # TRL's config defaults it on).
         "activation_checkpointing": settings.gradient_checkpointing,
         "max_length": settings.max_length,
         # The loss is on the completion only; the prompt tokens get label -100.
