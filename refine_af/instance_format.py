@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from refine_af.prompts import render_chat
@@ -120,10 +120,16 @@ _LEADING_INPUT_RE = re.compile(r"^\s*[*_#]*\s*input[*_]*\s*:[*_]*", re.IGNORECAS
 
 @dataclass(frozen=True)
 class ParsedInstance:
-    """One instance: ``input`` is ``""`` when the task takes none; ``output`` is never empty."""
+    """One instance: ``input`` is ``""`` when the task takes none; ``output`` is never empty.
+
+    ``runs_on``: the completion went on after the output with another field (``Output:``,
+    ``Input:``, ``Task:``, ...) instead of ending its turn. The instance is still read from the
+    first fields; stage 2 uses the flag to teach the policy to stop (:func:`rewards.keepable`).
+    """
 
     input: str
     output: str
+    runs_on: bool = field(default=False, compare=False)
 
 
 def instance_request(instruction: str) -> str:
@@ -175,6 +181,7 @@ def parse_instance(completion: str) -> ParsedInstance | None:
     raw_input, rest = text[: match.start()], text[match.end() :]
     end = _OUTPUT_END_RE.search(rest)
     output = _clean(rest[: end.start()] if end else rest)
+    runs_on = end is not None and _SPECIAL_RE.fullmatch(end.group()) is None
     if not output or _PLACEHOLDER_RE.match(output):
         return None
     # A special token inside the input means the model left the format (a new turn, say).
@@ -185,4 +192,4 @@ def parse_instance(completion: str) -> ParsedInstance | None:
         return None
     if input_text.lower().strip(" .()[]<>\"'") in EMPTY_INPUT_WORDS:
         input_text = ""
-    return ParsedInstance(input=input_text, output=output)
+    return ParsedInstance(input=input_text, output=output, runs_on=runs_on)

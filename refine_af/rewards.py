@@ -250,6 +250,11 @@ def keepable(prompts: Any, completions: Any, *, feedback: Feedback, **_: Any) ->
     A cut-off completion scoring 0 matters beside ``rl.mask_truncated_completions``: masked, it
     carries no loss, but its reward still sets its group's mean, and a high one there would
     push the finished completions down (on the default, lengths rose to the cap without it).
+    A completion that runs on after its output (another ``Output:`` line, a next ``Input:``)
+    scores 0 too, although stage 3 would read its first instance: it has not learnt to stop.
+    Scored 1, such completions earned the same reward as those that end (0.55 against 0.58 at
+    seed 1 of the default's study); RL drifted into them at two seeds of three, and at stage 3's
+    longer limit and lower temperature they looped until cut off (docs/study.md).
     """
     near_copy = _near_copy_of_demonstrations()
     values: list[float | None] = []
@@ -259,7 +264,7 @@ def keepable(prompts: Any, completions: Any, *, feedback: Feedback, **_: Any) ->
         if instance is None:
             values.append(None)  # the format penalty speaks for it
             continue
-        if feedback.is_cut_off(index):
+        if feedback.is_cut_off(index) or instance.runs_on:
             values.append(0.0)
             continue
         kept = instance_reasons(

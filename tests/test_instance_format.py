@@ -82,6 +82,23 @@ def test_parses_what_small_models_write(completion, expected):
 
 
 @pytest.mark.parametrize(
+    ("completion", "runs_on"),
+    [
+        (" 2 and 3\nOutput: 5", False),
+        (" 2 and 3\nOutput: 5\n", False),
+        ("\n\nOutput:\nThe answer<|im_end|>", False),
+        (" a\nOutput: line one\nline two", False),
+        (" None\nOutput: None\nOutput: None\nOutput: None", True),
+        (" x\n**Output:** y\nInput: another\nOutput: z", True),
+        (" a\nOutput: b\n\nTask: next one", True),
+    ],
+)
+def test_says_whether_the_completion_ran_on_after_its_output(completion, runs_on):
+    parsed = parse_instance(completion)
+    assert parsed is not None and parsed.runs_on is runs_on
+
+
+@pytest.mark.parametrize(
     "completion",
     [
         "",

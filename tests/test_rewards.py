@@ -193,6 +193,22 @@ def test_a_completion_cut_off_by_the_token_limit_is_not_keepable():
     assert unknown.functions()[0](["p", "p"], completions, instruction=["Add."] * 2) == [1.0, 1.0]
 
 
+def test_a_completion_that_runs_on_after_its_output_is_not_keepable():
+    """A second Output: line or a next Input: means the policy did not stop after one instance;
+    scored by TRL's reward functions from the completion text, as stage 2 scores it."""
+    weights = {"keepable": 1.0}
+    feedback = AutomatedFeedback(None, None, needed_signals(weights))
+    rewards = TRLRewards(WeightedRewards(feedback, weights, 0.0, 1.0))
+    completions = [
+        " 2 and 3\nOutput: 5",
+        " 2 and 3\nOutput: 5\nOutput: 5\nOutput: 5",
+        " 2 and 3\nOutput: 5\nInput: 4 and 4\nOutput: 8",
+        " 2 and 3\nOutput: 5<|im_end|>",
+    ]
+    values = rewards.functions()[0](["p"] * 4, completions, instruction=["Add."] * 4)
+    assert values == [1.0, 0.0, 0.0, 1.0]
+
+
 def test_a_cut_off_completion_can_fail_the_format_instead():
     """rl.cut_off_fails_format: the cut-off completion gets the format penalty and no scorer's
     reward (so with mask_truncated_completions off its loss pushes it down); the log says so."""
