@@ -231,9 +231,11 @@ def task_reasons(
     reasons: list[str | None],
     max_instances: int,
     completions: Sequence[int] | None = None,
+    scores: Sequence[float | None] | None = None,
 ) -> list[str | None]:
     """Add the task-level reasons to ``reasons`` (one task's candidates, per-instance reasons
-    already set), then keep the first ``max_instances`` survivors in generation order.
+    already set), then keep the first ``max_instances`` survivors in generation order, or, given
+    ``scores`` (best-of-n), the ``max_instances`` survivors scored highest (ties: the earlier).
 
     Exact duplicates go. Within one completion, a non-empty input that got two different outputs
     makes that completion's examples unreliable, so all of them go (Self-Instruct drops the task:
@@ -272,13 +274,17 @@ def task_reasons(
         if first != groups[index]:
             reasons[index] = "same_input"
 
-    kept = 0
-    for index, reason in enumerate(reasons):
-        if reason is None:
-            kept += 1
-            if kept > max_instances:
-                reasons[index] = "over_limit"
+    survivors = [index for index, reason in enumerate(reasons) if reason is None]
+    if scores is not None:
+        # sorted() is stable: equal scores keep generation order.
+        survivors.sort(key=lambda index: -_score(scores[index]))
+    for index in survivors[max_instances:]:
+        reasons[index] = "over_limit"
     return reasons
+
+
+def _score(value: float | None) -> float:
+    return float("-inf") if value is None else value
 
 
 def filter_task_instances(

@@ -236,7 +236,13 @@ def render_card(card: dict[str, Any]) -> str:
                 f"{tasks['dropped_contaminated']} dropped as overlapping SuperNI test tasks, "
                 f"{tasks['processed']} used, {tasks['with_instances']} with at least one kept "
                 f"instance. Completions that yielded no instance: "
-                f"{summary['unparsed_completions']} of {summary['completions']}.",
+                f"{summary['unparsed_completions']} of {summary['completions']}"
+                + (
+                    f"; that ran on after their output: {summary['completions_running_on']}."
+                    if summary.get("completions_running_on") is not None
+                    and summary.get("prompt_format") == "rl_policy"
+                    else "."
+                ),
                 "",
                 f"Decontamination: {decontamination['note']}"
                 + (

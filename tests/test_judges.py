@@ -166,6 +166,52 @@ def test_output_judge_and_near_copies_in_stage_3(tok) -> None:  # type: ignore[n
     assert judged == {"alpha": 0.8, "beta": 0.2, "gamma": None, "delta": 0.5}
 
 
+class SampledInstances:
+    """Writes, for each prompt in turn, the next of a fixed list of outputs about one input."""
+
+    def __init__(self, outputs: list[str]) -> None:
+        self.outputs = outputs
+
+    def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[Completion]:
+        return [
+            Completion(f"Input: case {n}\nOutput: {self.outputs[n]}", "stop", 9)
+            for n in range(len(prompts))
+        ]
+
+
+@pytest.mark.parametrize(
+    ("keep_best", "kept"), [(False, ["fair", "good"]), (True, ["good", "best"])]
+)
+def test_best_of_n_keeps_what_the_judge_scores_highest(tok, keep_best, kept) -> None:  # type: ignore[no-untyped-def]
+    from refine_af.decontamination import Decontaminator
+    from refine_af.stages.instances import InstanceGenerationConfig, run_batch
+
+    outputs = ["a fair answer", "a good answer", "a weak answer", "the best answer"]
+    scorer = ScriptedYesNo(tok, {"fair": 0.6, "good": 0.8, "weak": 0.2, "best": 0.95})
+    config = InstanceGenerationConfig(
+        output_judge=0.5,
+        keep_best=keep_best,
+        completions_per_instruction=4,
+        max_instances_per_instruction=2,
+        temperature=0.7,
+    )
+    tasks = [{"id": "t", "instruction": "Answer the case.", "is_classification": False}]
+    batch = run_batch(
+        0,
+        tasks,
+        1,
+        SampledInstances(outputs),
+        tok,
+        config,
+        Decontaminator(None, None),
+        Judge(scorer),
+    )
+    candidates = batch["tasks"][0]["candidates"]
+    # Kept in generation order either way; the weak answer fails the judge's threshold.
+    assert [c["output"].split()[1] for c in candidates if c["reason"] is None] == kept
+    assert [c["reason"] for c in candidates].count("not_carried_out") == 1
+
+
 def test_the_judge_shares_the_untuned_models_weights(
     tiny_model_dir: Path, tokenizer_dir: Path
 ) -> None:

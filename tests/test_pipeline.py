@@ -96,6 +96,7 @@ def test_train_skips_unchanged_and_reruns_changed(
     text = (run / "data_card.md").read_text()
     assert "dropped: too_similar" in text and "dropped: conflicting_outputs" in text
     assert "Time per stage" in text and "disabled" in text
+    assert "that ran on after their output: 0." in text  # the scripted instances end
 
     calls = scripted.calls
     output = train(run, tiny_model_dir, seed_tasks_file)

@@ -126,6 +126,12 @@ class InstanceGenerationConfig:
         "Drop an instance whose P(Yes) to 'does the output carry out the instruction on the "
         "input?', asked of rl.evaluator, is below this (e.g. 0.5); null: off.",
     )
+    keep_best: bool = help_field(
+        False,
+        "Best-of-n (beyond the paper): where more of an instruction's candidates pass every "
+        "filter than max_instances_per_instruction, keep those the output judge scores highest "
+        "(stage 2's judge reward) instead of the first ones. Needs output_judge.",
+    )
 
     def __post_init__(self) -> None:
         for name in (
@@ -148,6 +154,11 @@ class InstanceGenerationConfig:
             )
         if self.decontamination_ngram < 2:
             raise ConfigError("generate_instances.decontamination_ngram must be >= 2")
+        if self.keep_best and self.output_judge is None:
+            raise ConfigError(
+                "generate_instances.keep_best ranks candidates by the output judge: set "
+                "generate_instances.output_judge (e.g. 0.5), or keep_best: false"
+            )
         for name in ("near_copy_threshold", "output_judge"):
             value = getattr(self, name)
             if value is not None and not 0.0 < value < 1.0:
@@ -215,6 +226,8 @@ def key(config: Any, run_dir: RunDirectory, variant: str | None = None) -> str:
     settings = to_dict(config.generate_instances)
     for name in ("generation_batch_size", "max_instructions", "superni_data"):
         settings.pop(name)
+    if not settings["keep_best"]:
+        settings.pop("keep_best")  # off: the key runs made before the setting existed have
     adapter = adapter_for(run_dir, variant)
     data_key = None
     if settings["decontaminate"]:
@@ -414,7 +427,10 @@ def run_batch(
 
     results = []
     for t, (task, own, unparsed, candidates, reasons, sources) in enumerate(per_task):
-        reasons = task_reasons(candidates, reasons, config.max_instances_per_instruction, sources)
+        ranking = [scores.get((t, c)) for c in range(len(candidates))] if config.keep_best else None
+        reasons = task_reasons(
+            candidates, reasons, config.max_instances_per_instruction, sources, ranking
+        )
         records = []
         for c, ((inp, out, _), reason) in enumerate(zip(candidates, reasons, strict=True)):
             record: dict[str, Any] = {"input": inp, "output": out, "reason": reason}
@@ -464,6 +480,20 @@ def kept_instances(
     return records
 
 
+def completions_running_on(tasks: list[dict[str, Any]]) -> int:
+    """Completions of the one-instance prompt that went on after their output (another
+    ``Output:`` line, a next ``Input:``) instead of ending: the RL adapter's way to lose
+    instances to the token cap that ``keepable`` now penalises (docs/stages.md, "Running on")."""
+    from refine_af.instance_format import parse_instance
+
+    return sum(
+        1
+        for task in tasks
+        for completion in task["completions"]
+        if (parsed := parse_instance(completion["text"])) is not None and parsed.runs_on
+    )
+
+
 def summarize(
     batches: list[dict[str, Any]],
     variant: str,
@@ -497,6 +527,11 @@ def summarize(
         },
         "completions": sum(len(t["completions"]) for t in tasks),
         "unparsed_completions": sum(t["unparsed_completions"] for t in tasks),
+        "completions_running_on": (
+            completions_running_on(tasks)
+            if config.generate_instances.prompt_format == "rl_policy"
+            else 0
+        ),
         "candidates": len(candidates),
         "kept": kept,
         "dropped": {reason: reasons.get(reason, 0) for reason in INSTANCE_DROP_REASONS},

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from refine_af.config import ConfigError
 from refine_af.errors import UserError
 from refine_af.filters import INSTANCE_DROP_REASONS, filter_task_instances, instance_drop_reason
 from refine_af.generation import Completion, SamplingParams
@@ -21,6 +22,7 @@ from refine_af.prompts import (
 )
 from refine_af.run_dir import RunDirectory
 from refine_af.stages import instances
+from refine_af.stages.instances import InstanceGenerationConfig
 from refine_af.train_config import load_config
 
 # ---------------------------------------------------------------------------------------------
@@ -144,6 +146,47 @@ def test_sampled_completions_answering_one_input_keep_the_first() -> None:
     ]
     # One completion per task (Self-Instruct): the conflict drops the task, as before.
     assert task_reasons(candidates, [None] * 6, 5)[0] == "conflicting_outputs"
+
+
+def test_best_of_n_keeps_the_highest_scored_survivors() -> None:
+    """keep_best: the limit drops the lowest-scored survivors, not the last; equal scores keep
+    generation order, and a candidate dropped for another reason keeps that reason."""
+    from refine_af.filters import task_reasons
+
+    candidates = [("a", "1", False), ("b", "2", False), ("c", "3", False), ("d", "4", False)]
+    reasons = [None, None, "copies_instruction", None]
+    scores = [0.6, 0.9, None, 0.6]
+    assert task_reasons(candidates, reasons, 2, scores=scores) == [
+        None,
+        None,
+        "copies_instruction",
+        "over_limit",
+    ]
+    assert task_reasons(candidates, reasons, 1, scores=scores) == [
+        "over_limit",
+        None,
+        "copies_instruction",
+        "over_limit",
+    ]
+    # Without scores: the first ones, as Self-Instruct keeps them.
+    assert task_reasons(candidates, reasons, 2) == [None, None, "copies_instruction", "over_limit"]
+
+
+def test_completions_that_run_on_after_their_output_are_counted() -> None:
+    def completion(text: str) -> dict[str, str]:
+        return {"text": text, "finish_reason": "stop"}
+
+    tasks = [
+        {"completions": [completion(" a\nOutput: b"), completion(" a\nOutput: b\nOutput: b")]},
+        {"completions": [completion(" no marker"), completion(" x\nOutput: y\nInput: z")]},
+    ]
+    assert instances.completions_running_on(tasks) == 2
+
+
+def test_best_of_n_needs_the_output_judge() -> None:
+    with pytest.raises(ConfigError, match=r"set generate_instances\.output_judge"):
+        InstanceGenerationConfig(keep_best=True, output_judge=None)
+    assert InstanceGenerationConfig(keep_best=True, output_judge=0.5).keep_best
 
 
 def test_contamination_and_copied_demonstrations() -> None:
