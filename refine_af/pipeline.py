@@ -240,7 +240,6 @@ def render_card(card: dict[str, Any]) -> str:
                 + (
                     f"; that ran on after their output: {summary['completions_running_on']}."
                     if summary.get("completions_running_on") is not None
-                    and summary.get("prompt_format") == "rl_policy"
                     else "."
                 ),
                 "",

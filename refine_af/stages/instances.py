@@ -227,7 +227,7 @@ def key(config: Any, run_dir: RunDirectory, variant: str | None = None) -> str:
     for name in ("generation_batch_size", "max_instructions", "superni_data"):
         settings.pop(name)
     if not settings["keep_best"]:
-        settings.pop("keep_best")  # off: the key runs made before the setting existed have
+        settings.pop("keep_best")  # off: the same key as runs made before the setting existed
     adapter = adapter_for(run_dir, variant)
     data_key = None
     if settings["decontaminate"]:
@@ -527,10 +527,11 @@ def summarize(
         },
         "completions": sum(len(t["completions"]) for t in tasks),
         "unparsed_completions": sum(t["unparsed_completions"] for t in tasks),
+        # Only the one-instance prompt asks for a single instance (None: not counted).
         "completions_running_on": (
             completions_running_on(tasks)
             if config.generate_instances.prompt_format == "rl_policy"
-            else 0
+            else None
         ),
         "candidates": len(candidates),
         "kept": kept,
