@@ -185,6 +185,8 @@ def data_counts(run: Path) -> dict[str, object]:
             counts[f"{variant}: not carried out (judge)"] = dropped.get("not_carried_out", 0)
             counts[f"{variant}: kept copies of a demonstration"] = copies_kept(run, variant)
         counts[f"{variant}: instances kept"] = summary.get("kept")
+        if summary.get("kept_without_input") is not None:
+            counts[f"{variant}: kept without an input"] = summary["kept_without_input"]
         trained = ((card.get("sft") or {}).get(variant) or {}).get("examples")
         if trained is not None:
             counts[f"{variant}: fine-tuned on"] = trained

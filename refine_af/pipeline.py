@@ -178,9 +178,9 @@ def _counts_table(title: str, summary: dict[str, Any] | None) -> list[str]:
     if not summary:
         return [f"*{title}: not run.*", ""]
     lines = [f"| {title} | count |", "|---|---:|"]
-    for key in ("candidates", "kept"):
+    for key in ("candidates", "kept", "kept_without_input"):
         if key in summary:
-            lines.append(f"| {key} | {summary[key]} |")
+            lines.append(f"| {key.replace('_', ' ')} | {summary[key]} |")
     for reason, count in (summary.get("dropped") or {}).items():
         lines.append(f"| dropped: {reason} | {count} |")
     return [*lines, ""]

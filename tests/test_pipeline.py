@@ -39,7 +39,9 @@ class ScriptedBackend:
                 text = f"Input: {task[:20]}\nOutput: answer to {task[:20]}"
             elif prompt.endswith("Input:"):  # stage 3, the one-instance prompt (the default)
                 task = re.findall(r"^Task: (.*?)(?:<\|im_end\|>)?$", prompt, re.M)[-1]
-                text = f" {task[:20]}\nOutput: answer to {task[:20]}"
+                # Instructions with an odd number get no input, so the card counts both kinds.
+                odd = int(re.findall(r"\d+", task)[-1]) % 2
+                text = f" {'None' if odd else task[:20]}\nOutput: answer to {task[:20]}"
             else:  # stage 1: a fresh instruction derived from the prompt
                 digest = hashlib.sha256(prompt.encode()).digest()
                 words = [WORDS[b % len(WORDS)] for b in digest[:4]]
@@ -97,6 +99,14 @@ def test_train_skips_unchanged_and_reruns_changed(
     assert "dropped: too_similar" in text and "dropped: conflicting_outputs" in text
     assert "Time per stage" in text and "disabled" in text
     assert "that ran on after their output: 0." in text  # the scripted instances end
+    kept_rows = [
+        json.loads(line)
+        for line in (run / "instances/baseline/instances.jsonl").read_text().splitlines()
+    ]
+    without_input = sum(1 for row in kept_rows if not row["input"])
+    assert 0 < without_input < len(kept_rows)  # the scripted instances have both kinds
+    assert card["instances"]["baseline"]["kept_without_input"] == without_input
+    assert f"| kept without input | {without_input} |" in text
 
     calls = scripted.calls
     output = train(run, tiny_model_dir, seed_tasks_file)

@@ -507,6 +507,9 @@ def summarize(
     candidates = [c for task in tasks for c in task["candidates"]]
     reasons = Counter(c["reason"] for c in candidates if c["reason"])
     kept = sum(1 for c in candidates if c["reason"] is None)
+    # No filter looks at this unless the instruction speaks of given material (missing_input);
+    # the RL adapter drifts to it at some seeds (docs/study.md), so the card shows it.
+    kept_without_input = sum(1 for c in candidates if c["reason"] is None and not c["input"])
     with_instances = sum(1 for t in tasks if any(c["reason"] is None for c in t["candidates"]))
     return {
         "variant": variant,
@@ -535,6 +538,7 @@ def summarize(
         ),
         "candidates": len(candidates),
         "kept": kept,
+        "kept_without_input": kept_without_input,
         "dropped": {reason: reasons.get(reason, 0) for reason in INSTANCE_DROP_REASONS},
         "batches": len(batches),
         "new_tokens": sum(b["new_tokens"] for b in batches),
