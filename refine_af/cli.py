@@ -74,12 +74,15 @@ def restart_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def prepare_run(config_name: str, overrides: tuple[str, ...], extra: list[str]) -> Any:
-    """Load the config with overrides and open its run directory.
+    """Load the config with overrides, open its run directory and lock it for this command.
 
     The resolved config is recorded there when a stage starts work, after its inputs were
-    checked: a command that fails on bad input leaves the run directory as it was.
+    checked: a command that fails on bad input leaves the run directory as it was. The lock
+    (refine_af.lock) is taken here, before any model loads, and released when the command ends,
+    so a second command on the same run directory stops at once with one line.
     """
     from refine_af.config import to_dict
+    from refine_af.lock import hold
     from refine_af.run_dir import RunDirectory
     from refine_af.train_config import load_config
 
@@ -89,7 +92,9 @@ def prepare_run(config_name: str, overrides: tuple[str, ...], extra: list[str]) 
     name = click.get_current_context().info_name
     words = ["refineaf", name, "-c", config_name, *extra, *overrides]
     command = " ".join(shlex.quote(word) for word in words)
-    return config, RunDirectory(config.run.output_dir, to_dict(config), command)
+    run_dir = RunDirectory(config.run.output_dir, to_dict(config), command)
+    click.get_current_context().with_resource(hold(run_dir.path, "run directory"))
+    return config, run_dir
 
 
 @click.group()

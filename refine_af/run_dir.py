@@ -15,7 +15,9 @@ data that is in it.
 
 from __future__ import annotations
 
+import os
 import platform
+import socket
 import sys
 import traceback
 from collections.abc import Iterator
@@ -28,6 +30,7 @@ from typing import Any
 
 from refine_af.batches import Output, set_aside
 from refine_af.errors import UserError
+from refine_af.lock import hold
 from refine_af.storage import read_json, write_json_atomic, write_text_atomic
 
 TRACKED_PACKAGES = (
@@ -146,7 +149,16 @@ class RunDirectory:
     def stage(self, stage: str, key: str, extent: Any = None) -> Iterator[StageRecord]:
         """Run a stage: records the config, marks the stage running, then done (with its summary),
         failed or interrupted. Every attempt's time is kept; a killed attempt counts up to its
-        last recorded progress."""
+        last recorded progress.
+
+        The run directory's lock is held throughout (the command's own, taken again), so the
+        running attempt found at the start was one whose process is gone: it is marked killed
+        only then, never while another process still runs it."""
+        with hold(self.path, "run directory"), self._stage(stage, key, extent) as record:
+            yield record
+
+    @contextmanager
+    def _stage(self, stage: str, key: str, extent: Any) -> Iterator[StageRecord]:
         self.record_config()
         entry = self.stage_status(stage)
         attempts: list[dict[str, Any]] = list(entry.get("attempts") or [])
@@ -156,7 +168,9 @@ class RunDirectory:
             last.update(
                 state="killed", ended_at=end, seconds=_seconds_between(last["started_at"], end)
             )
-        attempts.append({"key": key, "state": "running", "started_at": _now()})
+        # The process and host of each attempt: which attempt a kill ended can be told later.
+        attempt = {"key": key, "state": "running", "started_at": _now(), "pid": os.getpid()}
+        attempts.append({**attempt, "host": socket.gethostname()})
         self._update(stage, state="running", key=key, extent=extent, attempts=attempts, error=None)
         record = StageRecord(self, stage)
         try:

@@ -27,6 +27,7 @@ from refine_af.batches import Output, run_batches
 from refine_af.config import fingerprint, to_dict
 from refine_af.errors import UserError
 from refine_af.instance_format import ParsedInstance
+from refine_af.lock import hold
 from refine_af.storage import file_digest, read_log, read_records
 
 # The rl settings that decide the scores (not the batch size or the device).
@@ -102,14 +103,27 @@ def run(
     """Score every row of ``input_path`` into ``output_path``, after the one resume rule: an
     output of the same input and settings is continued after its last complete batch, one of
     others (or any with ``restart``) is set aside with its key file, never deleted."""
-    from refine_af.models import choose_placement
-    from refine_af.stages.rl import load_scorers, weighted_rewards
-
     if batch_rows < 1:
         raise UserError(f"--batch-rows must be >= 1, got {batch_rows}")
     if input_path.resolve() == output_path.resolve():
         raise UserError("--output must differ from --input: the input is read, never rewritten")
     items = read_instances(input_path)
+    # One writer per output folder (refine_af.lock), taken before the scorers load.
+    with hold(output_path.parent, "output folder"):
+        return _score(config, items, input_path, output_path, batch_rows, restart)
+
+
+def _score(
+    config: Any,
+    items: list[Instance],
+    input_path: Path,
+    output_path: Path,
+    batch_rows: int,
+    restart: bool,
+) -> dict[str, Any]:
+    from refine_af.models import choose_placement
+    from refine_af.stages.rl import load_scorers, weighted_rewards
+
     Output(output_path, is_folder=False).claim(output_key(config, input_path), restart, "scores")
     records = scored_rows(output_path, items)
     if len(records) < len(items):

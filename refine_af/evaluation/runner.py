@@ -628,10 +628,24 @@ def run_eval(
 
     Returns the report path; None in the non-main processes of ``accelerate launch``.
     """
-    from refine_af.evaluation.report import write_report
+    from refine_af.lock import hold
 
     model_path = check_inputs(config)
     output_dir = Path(config.output_dir).expanduser()
+    # One eval per output directory (refine_af.lock): taken before any row loads its model.
+    with hold(output_dir, "eval output directory"):
+        return _run_rows(config, config_source, force, model_path, output_dir)
+
+
+def _run_rows(
+    config: EvalConfig,
+    config_source: str | None,
+    force: bool,
+    model_path: str,
+    output_dir: Path,
+) -> Path | None:
+    from refine_af.evaluation.report import write_report
+
     main = is_main_process()
     if main:
         try:
