@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import shlex
 import signal
@@ -25,21 +27,76 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except UserError as error:
+            _end_progress_bars()
             click.echo(f"error: {error}", err=True)
             sys.exit(2)
         except OSError as error:
-            # A full disk or a folder that may not be written: the system's reason in one line
-            # (--verbose shows where it happened).
+            # An I/O error outside refine_af.storage (which words its own): the path, the
+            # reason, and that the same command resumes (--verbose shows where it happened).
             if _verbose():
                 raise
-            where = f": {error.filename}" if getattr(error, "filename", None) else ""
-            click.echo(f"error: {error.strerror or error}{where}", err=True)
+            _end_progress_bars()
+            click.echo(f"error: {os_error_line(error)}", err=True)
+            sys.exit(2)
+        except Exception as error:
+            # A full disk met inside a library (torch's or safetensors' writers raise their own
+            # types): one line too. Anything else is a bug and keeps its traceback.
+            line = disk_full_line(error)
+            if line is None or _verbose():
+                raise
+            _end_progress_bars()
+            click.echo(f"error: {line}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
+            _end_progress_bars()
             click.echo("interrupted: run the same command again to continue", err=True)
             sys.exit(130)
 
     return wrapper
+
+
+def _end_progress_bars() -> None:
+    """Close the bars a failed stage left open: each keeps its last state on its own line, and
+    the error line starts a line of its own instead of trailing the bar."""
+    if "tqdm" not in sys.modules:
+        return
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        with contextlib.suppress(Exception):  # a bar on a closed stream: nothing to tidy
+            bar.close()
+
+
+def os_error_line(error: OSError) -> str:
+    from refine_af.storage import DISK_FULL, RESUMES, describe_os_error
+
+    if error.errno in DISK_FULL:
+        return disk_full_line(error) or describe_os_error(error)
+    where = f": {error.filename}" if getattr(error, "filename", None) else ""
+    return f"{error.strerror or error}{where}; once that is fixed, {RESUMES}"
+
+
+def disk_full_line(error: BaseException) -> str | None:
+    """One line for an error caused by a full disk (found in its chain or its text), else None."""
+    from refine_af.lock import held_folders
+    from refine_af.storage import DISK_FULL, describe_os_error
+
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    full = [e for e in chain if isinstance(e, OSError) and e.errno in DISK_FULL]
+    for item in full:
+        if item.filename:
+            return describe_os_error(item)
+    if not full and not any(
+        "No space left on device" in str(e) or "os error 28" in str(e) for e in chain
+    ):
+        return None
+    folders = held_folders()  # the folders this command writes: the full disk is under one
+    where = f"a file under {folders[-1]}" if folders else None
+    return describe_os_error(OSError(errno.ENOSPC, "No space left on device"), where)
 
 
 def _verbose() -> bool:

@@ -117,7 +117,11 @@ def read_run(path: Path) -> Run:
     """The run's status, resolved config and versions; a folder that is no run is one line."""
     if not path.is_dir():
         raise UserError(f"{path} is not a directory: give the run.output_dir of a refineaf run")
-    status = read_json(path / "status.json", "delete it to re-run every stage")
+    status = read_json(
+        path / "status.json",
+        "run the command in the first line of its config.yaml again, which rebuilds it from the "
+        "stage folders and resumes each stage from its outputs (nothing is deleted), then export",
+    )
     if not isinstance(status, dict):
         raise UserError(
             f"{path} is not a refineaf run directory (no status.json): give the run.output_dir "

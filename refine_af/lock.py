@@ -215,6 +215,11 @@ def _release(hold: _Hold, folder: Path) -> None:
         hold.lock.release()
 
 
+def held_folders() -> list[Path]:
+    """The folders this process holds the lock of (the ones it writes), outermost first."""
+    return [Path(name) for name in _HOLDS]
+
+
 @contextmanager
 def hold(folder: str | Path, what: str = "run directory") -> Iterator[None]:
     """Hold the exclusive lock of ``folder`` (created if missing) while the block runs.

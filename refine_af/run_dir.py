@@ -15,13 +15,14 @@ data that is in it.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
 import sys
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import metadata
@@ -29,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from refine_af.batches import Output, set_aside
+from refine_af.console import note
 from refine_af.errors import UserError
 from refine_af.lock import hold
-from refine_af.storage import read_json, write_json_atomic, write_text_atomic
+from refine_af.storage import CorruptFileError, read_json, write_json_atomic, write_text_atomic
 
 TRACKED_PACKAGES = (
     "refine_af",
@@ -116,7 +118,41 @@ class RunDirectory:
     # -- status ---------------------------------------------------------------------------------
 
     def read_status(self) -> dict[str, dict[str, Any]]:
-        return read_json(self.status_file, "delete it to re-run every stage") or {}
+        try:
+            status = read_json(self.status_file)
+        except CorruptFileError as error:
+            cause = error.__cause__
+            detail = cause.msg if isinstance(cause, json.JSONDecodeError) else str(error)
+            return self._rebuild_status(f"is not valid JSON ({detail})")
+        if status is not None and not isinstance(status, dict):
+            return self._rebuild_status(f"holds a JSON {type(status).__name__}, not an object")
+        return status or {}
+
+    def _rebuild_status(self, damage: str) -> dict[str, dict[str, Any]]:
+        """A damaged status.json (a disk that filled up, an edit gone wrong) is rebuilt from the
+        keys of the stage folders, which decide what each stage resumes; the damaged copy is set
+        aside, never deleted. Only the attempt history is lost with it."""
+        status: dict[str, dict[str, Any]] = {}
+        for key_file in sorted([*self.path.glob("*/key"), *self.path.glob("*/*/key")]):
+            folder = key_file.parent.relative_to(self.path)
+            if any(".replaced-" in part or part.endswith(".partial") for part in folder.parts):
+                continue
+            key = key_file.read_text(encoding="utf-8").strip()
+            if key:
+                status[":".join(folder.parts)] = {
+                    "state": "rebuilt",
+                    "key": key,
+                    "attempts": [],
+                    "rebuilt_from": str(folder / "key"),
+                }
+        aside = set_aside(self.status_file, "damaged")
+        write_json_atomic(self.status_file, status)
+        note(
+            f"{self.status_file} {damage}: rebuilt it from the keys of {len(status)} stage "
+            f"folders (the damaged copy is kept as {aside.name}); every stage resumes from what "
+            "its folder holds"
+        )
+        return status
 
     def stage_status(self, stage: str) -> dict[str, Any]:
         return self.read_status().get(stage, {})
@@ -176,15 +212,25 @@ class RunDirectory:
         try:
             yield record
         except KeyboardInterrupt:
-            self._finish(stage, "interrupted", record.summary)
+            self._finish_after_error(stage, "interrupted", record.summary)
             raise
         except BaseException as error:
             detail = str(error) or type(error).__name__
             if not isinstance(error, UserError):
                 detail = "".join(traceback.format_exception_only(type(error), error)).strip()
-            self._finish(stage, "failed", record.summary, error=detail)
+            self._finish_after_error(stage, "failed", record.summary, error=detail)
             raise
         self._finish(stage, "done", record.summary)
+
+    def _finish_after_error(
+        self, stage: str, state: str, summary: dict[str, Any], error: str | None = None
+    ) -> None:
+        """Record a failed or interrupted attempt if the disk lets us: after a full disk or a
+        vanished folder, status.json cannot be written either, and the error that stopped the
+        stage (which names its file) is the one to show. The attempt then stays "running" and
+        the next run counts it as killed."""
+        with suppress(OSError, UserError):
+            self._finish(stage, state, summary, error)
 
     def _finish(
         self, stage: str, state: str, summary: dict[str, Any], error: str | None = None

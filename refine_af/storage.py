@@ -11,13 +11,16 @@ the record in flight" and "a damaged file stops the command with one line" hold 
 * :func:`read_records` reads an input file the user gave (no repair: every line must parse);
 * :func:`write_records_atomic`, :func:`write_json_atomic`, :func:`write_text_atomic` and
   :func:`atomic_directory` write to a ``.partial`` sibling and rename it into place, so a reader
-  sees the old content or the new, never half of one.
+  sees the old content or the new, never half of one;
+* a write that fails (a full disk, a folder deleted while the command runs) is a
+  :class:`StorageError`: one line naming the file, saying that the same command resumes.
 
 Parsing is ``jsonlines``'s (it reports the line number of a bad line).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -37,6 +40,48 @@ PARTIAL_SUFFIX = ".partial"
 
 class CorruptFileError(UserError):
     """A file the project needs is damaged; the message names the file and the line."""
+
+
+class StorageError(UserError):
+    """A write failed (a full disk, a folder deleted while the command ran); the message names
+    the file and says that running the same command again resumes."""
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+RESUMES = "run the same command again: it resumes from the last complete batch or checkpoint"
+
+
+def describe_os_error(error: OSError, path: Path | str | None = None) -> str:
+    """One line for a failed write: the file, the reason in words, and what to do."""
+    where = path if path is not None else error.filename
+    target = f"cannot write {where}" if where else "a write failed"
+    code = error.errno
+    if code in DISK_FULL:
+        return f"{target}: no space left on the device (or quota); free some space, then {RESUMES}"
+    if code == errno.ENOENT:
+        folder = Path(where).parent if where else "its folder"
+        return (
+            f"{target}: {folder} is gone (moved or deleted while the command ran); run the same "
+            "command again: it resumes from the outputs that are still there"
+        )
+    if code == errno.EROFS:
+        return f"{target}: the file system is read-only; make it writable, then {RESUMES}"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"{target}: permission denied; make it writable, then {RESUMES}"
+    reason = error.strerror or type(error).__name__
+    return f"{target} ({reason}); once that is fixed, {RESUMES}"
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn an OSError of the block (which often names no file: a failed ``write`` or
+    ``fsync`` on a full disk) into a :class:`StorageError` naming ``path``."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as error:
+        raise StorageError(describe_os_error(error, path)) from error
 
 
 def _dumps(record: Any) -> str:
@@ -73,7 +118,7 @@ def read_log(path: Path) -> list[Record]:
         "repair or delete that line (or the whole file to redo its work), then run again",
     )
     if tail:
-        with path.open("rb+") as handle:
+        with writing(path), path.open("rb+") as handle:
             handle.truncate(len(data) - len(tail))
     return records
 
@@ -94,7 +139,7 @@ def append_records(path: Path, records: Iterable[Record]) -> None:
     text = "".join(_dumps(record) + "\n" for record in records)
     if not text:
         return
-    with path.open("a", encoding="utf-8") as handle:
+    with writing(path), path.open("a", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
@@ -108,11 +153,12 @@ def partial_path(path: Path) -> Path:
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a whole file so that a kill mid-write leaves the old file, not a truncated one."""
     partial = partial_path(path)
-    with partial.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+    with writing(path):
+        with partial.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
 
 
 def write_records_atomic(path: Path, records: Iterable[Record]) -> None:
@@ -149,18 +195,27 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     next attempt clears).
     """
     partial = partial_path(target)
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    yield partial
-    if target.exists():
-        # Two renames, not rmtree then rename: the old folder is gone only once the new is in.
-        old = target.with_name(target.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(partial, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(partial, target)
+    with writing(target):
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+    try:
+        yield partial
+    except OSError as error:
+        # What fills the folder (save_pretrained) may meet a full disk: name the folder. Other
+        # errors of the block (a source file it reads) are the caller's to word.
+        if error.errno in DISK_FULL:
+            raise StorageError(describe_os_error(error, target)) from error
+        raise
+    with writing(target):
+        if target.exists():
+            # Two renames, not rmtree then rename: the old folder is gone only once the new is in.
+            old = target.with_name(target.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(partial, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(partial, target)
 
 
 def file_digest(path: Path) -> str:

@@ -91,3 +91,25 @@ def test_unwritable_run_directory_is_one_line() -> None:
         RunDirectory("/proc/sys")
     assert "cannot write to run directory /proc/sys" in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_a_damaged_status_is_rebuilt_from_the_stage_folder_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for folder, key in [("instructions", "k1"), ("sft/baseline", "k2"), ("rl.replaced-k0", "k0")]:
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "key").write_text(f"{key}\n")
+    (tmp_path / "status.json").write_text("[1, 2]\n")  # valid JSON, not a status
+    run_dir = RunDirectory(tmp_path)
+    status = run_dir.read_status()
+    assert {name: entry["key"] for name, entry in status.items()} == {
+        "instructions": "k1",
+        "sft:baseline": "k2",  # a set-aside folder is no stage's
+    }
+    assert all(entry["state"] == "rebuilt" for entry in status.values())
+    assert not run_dir.is_done("instructions", "k1")  # each stage checks its outputs again
+    assert (tmp_path / "status.json.replaced-damaged").read_text() == "[1, 2]\n"
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith(f"note: {tmp_path / 'status.json'} holds a JSON list, not an object")
+    assert json.loads((tmp_path / "status.json").read_text()) == status
+    assert run_dir.read_status() == status and capsys.readouterr().out == ""  # once

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
 
 from refine_af.storage import (
     CorruptFileError,
+    StorageError,
     append_records,
     atomic_directory,
     keep_records,
@@ -15,6 +17,7 @@ from refine_af.storage import (
     read_log,
     read_records,
     write_json_atomic,
+    writing,
 )
 
 
@@ -84,3 +87,36 @@ def test_atomic_directory_replaces_only_on_success(tmp_path: Path) -> None:
         (partial / "weights").write_text("three")
     assert (target / "weights").read_text() == "three"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+def test_a_failed_write_names_its_file_and_says_the_same_command_resumes(tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    with pytest.raises(StorageError) as caught:
+        write_json_atomic(gone / "summary.json", {"a": 1})
+    assert str(caught.value) == (
+        f"cannot write {gone / 'summary.json'}: {gone} is gone (moved or deleted while the "
+        "command ran); run the same command again: it resumes from the outputs that are still "
+        "there"
+    )
+    full = rf"^cannot write {tmp_path / 'x.jsonl'}: no space"
+    with pytest.raises(StorageError, match=full), writing(tmp_path / "x.jsonl"):
+        raise OSError(errno.ENOSPC, "No space left on device")  # write() names no file
+    # A full disk while a folder is filled (save_pretrained) names the folder; the old one stays.
+    target = tmp_path / "adapter"
+    target.mkdir()
+    (target / "old").write_text("kept")
+    full = rf"^cannot write {target}: no space left"
+    with pytest.raises(StorageError, match=full), atomic_directory(target) as partial:
+        (partial / "weights").write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert (target / "old").read_text() == "kept"
+
+
+def test_a_full_disk_inside_a_library_is_one_line_too() -> None:
+    from refine_af.cli import disk_full_line
+
+    # safetensors and torch raise their own types, with the system's words in the text.
+    line = disk_full_line(RuntimeError("I/O error: No space left on device (os error 28)"))
+    assert line is not None and line.startswith("a write failed: no space left on the device")
+    assert "run the same command again" in line
+    assert disk_full_line(RuntimeError("shape mismatch")) is None
