@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from refine_af.artifacts import check_model_dir
 from refine_af.errors import UserError, one_line
 from refine_af.storage import atomic_directory
 
@@ -125,6 +126,7 @@ def resolve_model_path(name_or_path: str) -> str:
                 f"model directory {path} has no config.json: give a directory written by "
                 "save_pretrained, a .gguf file or a Hub id"
             )
+        check_model_dir(path)  # a file cut short is one line here, not a traceback at load
         return str(path)
     if path.exists():
         raise UserError(f"model path {path} is a file: give a model directory or a .gguf file")
@@ -192,6 +194,13 @@ def load_tokenizer(model_path: str, trust_remote_code: bool = False) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     except Exception as error:
+        if folder.is_dir():  # name the damaged file when it is one of the tokenizer's JSON files
+            from refine_af.artifacts import read_json_object
+
+            fix = f"save the tokenizer again (tokenizer.save_pretrained) into {folder}"
+            for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+                if (folder / name).is_file():
+                    read_json_object(folder / name, fix)
         raise UserError(f"cannot load the tokenizer of {model_path}: {one_line(error)}") from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -58,7 +58,18 @@ def _label(value: Any, where: str) -> bool:
 
 def read_labelled(path: Path) -> tuple[str, list[LabelledItem]]:
     """``("points", items)`` or ``("pairs", items)`` from a JSONL file; a bad row is one line."""
-    rows = read_records(path, "each line must be a JSON object")
+    layout = (
+        "a JSONL of labelled instances (instruction, input, output, label) or of preference "
+        "pairs (prompt, chosen, rejected)"
+    )
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise UserError(f"label file {path} {what}: give {layout}")
+    rows = read_records(
+        path,
+        f"each line must be one JSON object (a line cut short, a compressed or binary file is "
+        f"not); fix it or copy the file again: {layout}",
+    )
     if not rows:
         raise UserError(f"{path} holds no rows: give labelled instances or preference pairs")
     kinds = {"pairs" if "chosen" in row else "points" for row in rows}

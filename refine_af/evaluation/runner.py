@@ -115,22 +115,33 @@ def adapter_command(path: Path, model: str) -> str | None:
     return None
 
 
-def check_adapters(config: EvalConfig) -> None:
-    """Every adapter must exist before anything runs (one line naming the row and the fix)."""
+def _adapter_fix(path: Path, model: str) -> str:
+    command = adapter_command(path, model)
+    fix = f"make it with `{command}`" if command else "train it first (refineaf train)"
+    return f"{fix}, or remove the row from the eval config"
+
+
+def check_adapters(config: EvalConfig, model_path: str | None = None) -> None:
+    """Every adapter must exist before anything runs (one line naming the row and the fix);
+    with ``model_path``, its files must also be whole and fit that base model
+    (:func:`refine_af.artifacts.check_adapter`), so a broken adapter fails its row before any
+    row starts."""
+    from refine_af.artifacts import check_adapter
+
     for row in config.rows:
         for adapter in row.adapters():
             if adapter is None:
                 continue
             path = Path(adapter).expanduser()
-            if (path / "adapter_config.json").is_file():
-                continue
-            what = "does not exist" if not path.exists() else "has no adapter_config.json"
-            command = adapter_command(path, config.model)
-            fix = f"make it with `{command}`" if command else "train it first (refineaf train)"
-            raise UserError(
-                f"row '{row.name}': adapter {path} {what}: {fix}, or remove the row from the "
-                "eval config"
-            )
+            fix = _adapter_fix(path, config.model)
+            if not (path / "adapter_config.json").is_file():
+                what = "does not exist" if not path.exists() else "has no adapter_config.json"
+                raise UserError(f"row '{row.name}': adapter {path} {what}: {fix}")
+            if model_path is not None:
+                try:
+                    check_adapter(path, model_path, fix)
+                except UserError as error:
+                    raise UserError(f"row '{row.name}': {error}") from error
 
 
 def vllm_lora_rank(adapter: str) -> int:
@@ -199,7 +210,9 @@ def check_inputs(config: EvalConfig) -> str:
     load_references(settings)
     for task in config.task_names():
         load_task(task, settings)
-    return resolve_model_path(config.model)
+    model_path = resolve_model_path(config.model)
+    check_adapters(config, model_path)
+    return model_path
 
 
 # ---------------------------------------------------------------------------------------------

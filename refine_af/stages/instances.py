@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
+from refine_af.artifacts import check_adapter
 from refine_af.batches import run_batches
 from refine_af.config import ConfigError, fingerprint, help_field, to_dict
 from refine_af.decontamination import Decontaminator, build_decontaminator, file_key
@@ -568,6 +569,12 @@ def run(
         return seed_instances(config, run_dir, restart=restart, variant=variant)
     stage_config: InstanceGenerationConfig = config.generate_instances
     adapter = adapter_for(run_dir, variant)
+    if adapter is not None:  # whole and made for this base model, before any model loads
+        check_adapter(
+            adapter,
+            resolve_model_path(config.run.model),
+            f"train stage 2 again (refineaf rl -c CONFIG run.output_dir={run_dir.path} --restart)",
+        )
     instructions = load_instructions(instructions_path(run_dir))
     stage_key = key(config, run_dir, variant)
     folder = run_dir.path / STAGE_DIR / variant
