@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from refine_af.run_dir import StageRecord
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest ``checkpoint-N`` in ``folder`` that a kill did not cut short, or None.
+
+    The trainer writes a checkpoint's files one after another (weights, optimizer, scheduler,
+    RNG) and ``trainer_state.json`` last, with a plain write. A kill while it writes leaves a
+    folder without that file or with half of it; resuming there would load new weights with no
+    optimizer or RNG state (or fail on the JSON), and the run would no longer end where an
+    uninterrupted one does. Such a folder is passed over; the one before it is complete.
+    """
+    complete = []
+    for path in folder.glob("checkpoint-*") if folder.is_dir() else []:
+        step = path.name.removeprefix("checkpoint-")
+        try:
+            state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if step.isdigit() and isinstance(state, dict):
+            complete.append((int(step), path))
+    return max(complete)[1] if complete else None
 
 
 def progress_callback(status: StageRecord | None) -> Any:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from refine_af.batches import Output
-from refine_af.callbacks import progress_callback, use_step_progress
+from refine_af.callbacks import last_complete_checkpoint, progress_callback, use_step_progress
 from refine_af.config import ConfigError, fingerprint, help_field, to_dict
 from refine_af.errors import UserError
 from refine_af.models import lora_config
@@ -536,7 +536,7 @@ def build_trainer(
         from refine_af.shared_prompt import SharedPromptMixin
 
         trainer_class = type("SharedPromptGRPOTrainer", (SharedPromptMixin, GRPOTrainer), {})
-    return trainer_class(
+    trainer = trainer_class(
         **extra,
         model=model,
         reward_funcs=rewards.functions(),
@@ -551,6 +551,47 @@ def build_trainer(
         ),
         callbacks=callbacks,
     )
+    replay_sampler_epochs(trainer)
+    return trainer
+
+
+def replay_sampler_epochs(trainer: Any) -> None:
+    """Make a run resumed past its first epoch draw the prompts an uninterrupted run draws.
+
+    TRL's ``RepeatSampler`` shuffles with a generator of its own, seeded once, so epoch *e*
+    gets the (*e*+1)-th permutation it draws. transformers 5 no longer runs the dataloader
+    through the epochs a checkpoint has passed (it calls ``set_epoch`` instead, which this
+    sampler lacks), so a resumed run started again at the first permutation and its adapter
+    drifted from an uninterrupted run's (found by benchmarks/train_kill_soak.py). The sampler
+    gets a ``set_epoch`` that re-seeds its generator and draws the *e* permutations before:
+    the same orders as before in an uninterrupted run, and the same after a resume.
+    """
+    make_sampler = getattr(trainer, "_get_train_sampler", None)
+    if make_sampler is None:  # a TRL without it: its own order, as before
+        return
+
+    @functools.wraps(make_sampler)
+    def replaying_sampler(*args: Any, **kwargs: Any) -> Any:
+        sampler = make_sampler(*args, **kwargs)
+        generator, seed = getattr(sampler, "generator", None), getattr(sampler, "seed", None)
+        if (
+            not getattr(sampler, "shuffle", False)
+            or generator is None
+            or seed is None
+            or hasattr(sampler, "set_epoch")
+        ):
+            return sampler
+        import torch
+
+        def set_epoch(epoch: int) -> None:
+            generator.manual_seed(seed)
+            for _ in range(epoch):
+                torch.randperm(sampler.num_samples, generator=generator)
+
+        sampler.set_epoch = set_epoch
+        return sampler
+
+    trainer._get_train_sampler = replaying_sampler
 
 
 @contextlib.contextmanager
@@ -577,12 +618,8 @@ def same_device(model: Any, device: str) -> bool:
 
 
 def last_checkpoint(folder: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if not folder.is_dir():
-        return None
-    found = get_last_checkpoint(str(folder))
-    return Path(found) if found else None
+    """The newest complete checkpoint (transformers' own pick takes a half-written one too)."""
+    return last_complete_checkpoint(folder)
 
 
 def checkpoint_step(checkpoint: Path) -> int:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from refine_af.callbacks import progress_callback, use_step_progress
+from refine_af.callbacks import last_complete_checkpoint, progress_callback, use_step_progress
 from refine_af.config import ConfigError, fingerprint, help_field, to_dict
 from refine_af.errors import UserError
 from refine_af.models import lora_config
@@ -326,13 +326,8 @@ def padding_free_collator(tokenizer: Any) -> Any:
 
 
 def last_checkpoint(folder: Path) -> Path | None:
-    """The newest complete checkpoint (one with trainer state), or None."""
-    candidates = (
-        [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-        if folder.is_dir()
-        else []
-    )
-    return max(candidates, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    """The newest complete checkpoint (its trainer state written whole), or None."""
+    return last_complete_checkpoint(folder)
 
 
 def save_adapter(trainer: Any, target: Path) -> None:

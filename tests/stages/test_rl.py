@@ -442,3 +442,28 @@ def test_truncated_completions_are_left_out_of_the_loss(tmp_path, tiny_model_dir
         weights = load_file(run_path / "rl" / "adapter" / "adapter_model.safetensors")
         moved[mask] = any(float(v.abs().max()) > 0 for k, v in weights.items() if "lora_B" in k)
     assert moved == {"true": False, "false": True}
+
+
+def test_a_resumed_run_draws_the_prompts_of_an_uninterrupted_run() -> None:
+    """TRL's sampler, epoch by epoch as the Trainer drives it, and after a resume at epoch 3."""
+    from trl.trainer.utils import RepeatSampler
+
+    class Trainer:
+        def _get_train_sampler(self, dataset=None):  # type: ignore[no-untyped-def]
+            return RepeatSampler(list(range(7)), mini_repeat_count=2, batch_size=3, seed=5)
+
+    plain = Trainer()._get_train_sampler()
+    orders_before = [list(plain) for _ in range(4)]  # TRL's own order, one epoch after another
+    trainer = Trainer()
+    rl.replay_sampler_epochs(trainer)
+    straight = trainer._get_train_sampler()
+    orders = []
+    for epoch in range(4):
+        straight.set_epoch(epoch)  # the Trainer's call at each epoch's start
+        orders.append(list(straight))
+    assert orders == orders_before  # an uninterrupted run is unchanged
+    assert len({tuple(order) for order in orders}) == 4  # every epoch is shuffled anew
+    resumed = trainer._get_train_sampler()  # a new process, resumed in epoch 3
+    resumed.set_epoch(3)
+    assert list(resumed) == orders[3]
+    assert list(Trainer()._get_train_sampler()) != orders[3]  # what a resume drew before
