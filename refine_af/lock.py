@@ -23,6 +23,7 @@ ranks of the same launch only read), so a launch is one writer.
 
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 import os
@@ -60,8 +61,8 @@ class Holder:
 
     def is_running(self) -> bool | None:
         """Whether the process still runs (None: it runs on another host, which we can't ask)."""
-        if not self.on_this_host or self.pid is None:
-            return None
+        if not self.on_this_host or self.pid is None or sys.platform == "win32":
+            return None  # (on Windows, os.kill with signal 0 would end the process)
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
@@ -165,10 +166,15 @@ def _acquire(folder: Path, what: str) -> Any:
     except Timeout as error:  # before OSError: filelock's Timeout is a TimeoutError
         raise FolderInUse(_in_use_message(folder, what, read_holder(path))) from error
     except OSError as error:
-        raise UserError(
-            f"cannot lock {what} {folder} ({error.strerror or error}): the file system must "
-            "support file locks (flock); use a folder on a local disk or an NFS mount with locking"
-        ) from error
+        if error.errno in (errno.ENOSYS, errno.EOPNOTSUPP):
+            fix = (
+                "the file system must support file locks (flock); use a folder on a local disk "
+                "or an NFS mount with locking"
+            )
+        else:
+            fix = f"make {path} writable, or choose another folder"
+        reason = error.strerror or error
+        raise UserError(f"cannot lock {what} {folder} ({reason}): {fix}") from error
     try:
         previous = read_holder(path)
         if previous is not None:
